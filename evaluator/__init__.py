@@ -1,0 +1,1 @@
+"""Evaluation engine: prompt sets, async backend clients, scoring, reports."""

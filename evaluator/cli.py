@@ -1,0 +1,288 @@
+"""The headless eval command, shared by `synaptic-tui eval` and `python -m evaluator`.
+
+Exit codes: 0 the eval completed (whatever the pass rate), 1 it could not run
+(server down, model missing, no case got an answer), 2 bad input, 130 interrupted.
+Only argparse is imported at module level, so building the CLI parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class EvalUsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `synaptic-tui eval` (also `python -m evaluator run`)."""
+    parser.add_argument("--backend", choices=["ollama", "openai"], default=None,
+                        help="ollama (native /api/chat) or openai (any OpenAI-compatible server); default ollama")
+    parser.add_argument("--url", help="server URL (default: Ollama http://127.0.0.1:11434, "
+                                      "OpenAI-compatible http://127.0.0.1:1234/v1 as LM Studio serves it)")
+    parser.add_argument("--model", help="model name as the server lists it")
+    parser.add_argument("--prompt-set", metavar="FILE", help="JSON list, {\"cases\": [...]} or JSONL of cases")
+    parser.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight (default 4)")
+    parser.add_argument("--tags", help="only cases with any of these tags (comma-separated)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="at most N cases")
+    parser.add_argument("--shuffle", action="store_true", help="shuffle the cases (seeded) before --limit")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling (server default when not given)")
+    parser.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                        help="most tokens per answer (Ollama num_predict)")
+    parser.add_argument("--no-stream", action="store_true", help="ask for whole responses instead of streams")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait on a silent server (default 120)")
+    parser.add_argument("--retries", type=int, default=3, help="retries on connect errors and 5xx (default 3)")
+    parser.add_argument("--run", metavar="RUN", help="file the eval under this training run (runs/<id>/evals/)")
+    parser.add_argument("--evals-dir", metavar="DIR", help="where standalone evals go (default: $SYNAPTIC_EVALS_DIR, "
+                                                           "else ./evals)")
+    parser.add_argument("--resume", metavar="EVAL", help="finish an interrupted eval (id, prefix or path)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two evals: flips and per-tag deltas")
+
+
+def _roots(args: argparse.Namespace, runs_dir: Path) -> list[Path]:
+    from evaluator.runner import evals_root
+
+    if args.run:
+        from synaptic_tui.runs import find_run
+
+        return [find_run(runs_dir, args.run).path / "evals"]
+    return [evals_root(args.evals_dir)]
+
+
+class _Progress:
+    """A live line on stderr: rewritten in place on a terminal, every few cases otherwise."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.done = self.total = self.passed = self.errors = 0
+        self.start_done = 0
+
+    def start(self, done: int, total: int) -> None:
+        self.done, self.total, self.start_done = done, total, done
+        if done and not self.quiet:
+            print(f"resuming: {done} of {total} cases already done", file=sys.stderr)
+
+    def result(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.passed += bool(record.get("passed"))
+        self.errors += bool(record.get("error"))
+        if self.quiet:
+            return
+        line = (f"{self.done}/{self.total} cases  passed {self.passed}  errors {self.errors}  "
+                f"last {record['id']} {record.get('latency_s') or 0:.2f}s")
+        if self.tty:
+            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+        elif (self.done - self.start_done) % max(1, self.total // 20) == 0 or self.done == self.total:
+            print(line, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.tty and not self.quiet and self.done > self.start_done:
+            print(file=sys.stderr)
+
+
+def _print_summary(summary: dict[str, Any], eval_dir: Path) -> None:
+    from evaluator.report import _pct
+
+    print(f"{summary['eval_id']}: {summary['passed']}/{summary['total']} passed ({_pct(summary['pass_rate'])}), "
+          f"{summary['errors']} errors")
+    width = max([len(t) for t in summary["per_tag"]] + [3])
+    for tag, row in summary["per_tag"].items():
+        print(f"  {tag:<{width}}  {row['passed']:>4}/{row['total']:<4} {_pct(row['pass_rate']):>7}")
+    print(f"report: {eval_dir / 'report.md'}")
+
+
+def _resume_settings_check(args: argparse.Namespace, settings) -> None:
+    for flag, attr in (("backend", "backend"), ("model", "model")):
+        given = getattr(args, flag)
+        if given is not None and given != getattr(settings, attr):
+            raise EvalUsageError(f"--{flag} {given} differs from the eval being resumed ({getattr(settings, attr)}); "
+                                 "start a new eval instead")
+    if args.prompt_set and Path(args.prompt_set).resolve() != Path(settings.prompt_set):
+        raise EvalUsageError(f"--prompt-set differs from the eval being resumed ({settings.prompt_set})")
+
+
+def _compare(args: argparse.Namespace, roots: list[Path]) -> int:
+    from evaluator.report import render_comparison
+    from evaluator.runner import compare_evals, find_eval
+
+    a, b = (find_eval(ref, roots) for ref in args.compare)
+    comparison = compare_evals(a, b)
+    if args.json:
+        print(json.dumps(comparison, indent=2))
+    else:
+        print(render_comparison(comparison))
+    return EXIT_OK
+
+
+def run_eval_command(args: argparse.Namespace, runs_dir: Path, prog: str = "synaptic-tui eval") -> int:
+    """Run, resume or compare evals from parsed arguments; returns the exit code."""
+    try:
+        return _run(args, runs_dir, prog)
+    except EvalUsageError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LookupError as exc:  # unknown run or eval
+        print(f"{prog}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
+    import asyncio
+
+    from evaluator.prompts import PromptSetError, load_prompt_set
+    from evaluator.runner import (EvalCannotRun, create_eval, find_eval, load_eval, new_settings, preflight,
+                                  run_eval)
+
+    roots = _roots(args, runs_dir)
+    if args.compare:
+        return _compare(args, roots)
+    if args.resume:
+        eval_dir = find_eval(args.resume, roots)
+        settings = load_eval(eval_dir).settings
+        _resume_settings_check(args, settings)
+        if args.url:
+            settings.url = args.url
+        if args.concurrency:
+            settings.concurrency = args.concurrency
+    else:
+        missing = [flag for flag, value in (("--model", args.model), ("--prompt-set", args.prompt_set)) if not value]
+        if missing:
+            raise EvalUsageError(f"{' and '.join(missing)} required (or --resume EVAL, or --compare A B)")
+        try:
+            prompt_set = load_prompt_set(args.prompt_set)
+        except PromptSetError as exc:
+            raise EvalUsageError(str(exc)) from None
+        for warning in prompt_set.warnings:
+            print(f"{prog}: warning: {warning}", file=sys.stderr)
+        tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+        unknown = sorted(set(tags) - set(prompt_set.tags))
+        if unknown:
+            raise EvalUsageError(f"--tags: {', '.join(unknown)} not in {args.prompt_set} "
+                                 f"(its tags: {', '.join(prompt_set.tags) or 'none'})")
+        settings = new_settings(args.backend or "ollama", args.model, prompt_set, url=args.url, tags=tags,
+                                limit=args.limit, shuffle=args.shuffle, seed=args.seed,
+                                temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                stream=not args.no_stream, concurrency=args.concurrency or 4,
+                                timeout=args.timeout, retries=args.retries,
+                                run_id=roots[0].parent.name if args.run else None)
+        if not settings.case_ids:
+            raise EvalUsageError(f"no case of {args.prompt_set} matches --tags {args.tags}")
+        eval_dir = None
+
+    progress = _Progress(quiet=args.json)
+
+    async def go() -> tuple[Path, dict[str, Any]]:
+        nonlocal eval_dir
+        for warning in await preflight(settings):
+            print(f"{prog}: warning: {warning}", file=sys.stderr)
+        if eval_dir is None:
+            eval_dir = create_eval(settings, roots[0])
+        if not args.json:
+            print(f"eval {eval_dir.name} -> {eval_dir}", file=sys.stderr)
+        summary = await run_eval(eval_dir, on_start=progress.start, on_result=progress.result,
+                                 concurrency=settings.concurrency, url=settings.url)
+        return eval_dir, summary
+
+    try:
+        eval_dir, summary = asyncio.run(go())
+    except EvalCannotRun as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        progress.end()
+        if eval_dir is not None:
+            print(f"{prog}: interrupted after {progress.done} of {progress.total} cases; resume with "
+                  f"--resume {eval_dir.name}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    progress.end()
+    if args.json:
+        print(json.dumps({"eval_dir": str(eval_dir), **summary}, indent=2))
+    else:
+        _print_summary(summary, eval_dir)
+    if summary["total"] and summary["errors"] == summary["total"]:
+        print(f"{prog}: no case got an answer from {settings.url} (see {eval_dir / 'report.md'})", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# --- python -m evaluator ---------------------------------------------------------------
+
+
+def _list_command(argv: Sequence[str]) -> int:
+    from evaluator.runner import evals_root, list_evals
+
+    parser = argparse.ArgumentParser(prog="python -m evaluator list", description="evals in a directory")
+    parser.add_argument("dir", nargs="?", help="evals dir or a run's evals/ (default: $SYNAPTIC_EVALS_DIR or ./evals)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    evals = list_evals(evals_root(args.dir))
+    if args.json:
+        print(json.dumps([{"eval_id": e.eval_id, "path": str(e.path), "state": e.state, "model": e.settings.model,
+                           "backend": e.settings.backend, "done": e.done, "total": e.total,
+                           "pass_rate": e.pass_rate} for e in evals], indent=2))
+    for e in [] if args.json else evals:
+        rate = "-" if e.pass_rate is None else f"{e.pass_rate * 100:.1f}%"
+        print(f"{e.eval_id}  {e.state:<11} {e.done}/{e.total}  {rate:>6}  {e.settings.backend}:{e.settings.model}")
+    return EXIT_OK
+
+
+def _prompts_command(argv: Sequence[str]) -> int:
+    from evaluator.prompts import discover_prompt_sets
+    from synaptic_tui.paths import shipped_dir
+
+    parser = argparse.ArgumentParser(prog="python -m evaluator prompts", description="prompt sets with case counts")
+    parser.add_argument("dir", nargs="?", help="directory to scan (default: the shipped examples/prompts)")
+    args = parser.parse_args(argv)
+    for info in discover_prompt_sets(args.dir or shipped_dir("examples") / "prompts"):
+        detail = info.error or f"{info.count} cases; tags: {', '.join(info.tags) or 'none'}"
+        print(f"{info.name}\t{detail}\t{info.path}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["list"]:
+        return _list_command(argv[1:])
+    if argv[:1] == ["prompts"]:
+        return _prompts_command(argv[1:])
+    compare = argv[:1] == ["compare"]
+    if argv[:1] in (["run"], ["compare"]):
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m evaluator",
+        description="Evaluate a model through Ollama or an OpenAI-compatible server. "
+                    "Also: `python -m evaluator compare A B`, `list [DIR]`, `prompts [DIR]`.")
+    if compare:
+        parser.add_argument("a", metavar="A")
+        parser.add_argument("b", metavar="B")
+        parser.add_argument("--evals-dir", metavar="DIR")
+    else:
+        add_eval_arguments(parser)
+    parser.add_argument("--runs-dir", metavar="DIR", help="runs root for --run (default: $SYNAPTIC_RUNS_DIR or ./runs)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    args = parser.parse_args(argv)
+    if compare:
+        args.compare, args.run = [args.a, args.b], None
+    from synaptic_tui.runs import resolve_runs_dir
+
+    return run_eval_command(args, resolve_runs_dir(args.runs_dir), prog="python -m evaluator")

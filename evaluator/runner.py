@@ -1,0 +1,420 @@
+"""Running an eval: its directory, concurrent cases, results as they finish, resume, listing and comparing.
+
+An eval directory holds eval.json (settings and state), results.jsonl (one line
+per finished case, appended and flushed at once), and at the end summary.json
+and report.md. Resuming re-reads results.jsonl and runs only the cases missing
+from it, so a killed eval loses at most the cases that were in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from evaluator.clients import BackendError, OllamaClient, OpenAIClient, make_client, start_hint
+from evaluator.prompts import Case, PromptSet, load_prompt_set, select_cases
+from evaluator.report import render_report
+from evaluator.scoring import aggregate, score_case
+from synaptic_tui.runs import atomic_write_text, slugify, utc_now
+
+EVALS_ENV = "SYNAPTIC_EVALS_DIR"
+DEFAULT_CONCURRENCY = 4
+
+
+class EvalCannotRun(Exception):
+    """The eval could not start: server down, model missing. Nothing was run."""
+
+
+@dataclass
+class EvalSettings:
+    backend: str
+    url: str
+    model: str
+    prompt_set: str
+    prompt_set_sha256: str = ""
+    case_ids: list[str] = field(default_factory=list)  # the selection, fixed at start so resume runs the same set
+    tags: list[str] = field(default_factory=list)
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 0
+    temperature: float | None = 0.0
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stream: bool = True
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = 120.0
+    retries: int = 3
+    run_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class EvalInfo:
+    """One eval as a list shows it."""
+
+    eval_id: str
+    path: Path
+    state: str
+    settings: EvalSettings
+    started_at: str | None
+    ended_at: str | None
+    done: int
+    total: int
+    pass_rate: float | None
+    error: str | None = None
+
+
+def evals_root(evals_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where standalone evals go: --evals-dir, else $SYNAPTIC_EVALS_DIR, else ./evals."""
+    return Path(evals_dir or os.environ.get(EVALS_ENV) or "evals").expanduser().resolve()
+
+
+def make_eval_id(model: str, now: datetime | None = None) -> str:
+    now = now or datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{slugify(model)}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_results(eval_dir: Path) -> list[dict[str, Any]]:
+    """Finished case records; a last line cut short by a kill is skipped."""
+    path = Path(eval_dir) / "results.jsonl"
+    records: dict[str, dict[str, Any]] = {}
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "id" in record:
+                    records[str(record["id"])] = record
+    except FileNotFoundError:
+        pass
+    return list(records.values())
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a results.jsonl back to its last complete line, so the next append starts on a fresh line."""
+    try:
+        with path.open("rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
+def _write_meta(eval_dir: Path, meta: dict[str, Any]) -> None:
+    atomic_write_text(eval_dir / "eval.json", json.dumps(meta, indent=2) + "\n")
+
+
+def _alive(meta: dict[str, Any]) -> bool | None:
+    from synaptic_tui.jobs import process_start_marker
+
+    pid = meta.get("pid")
+    if not isinstance(pid, int) or meta.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    marker = process_start_marker(pid)
+    return not (meta.get("start_marker") and marker and marker != meta["start_marker"])
+
+
+def load_eval(eval_dir: str | Path) -> EvalInfo:
+    """An eval's settings, state and progress. A `running` eval whose process is gone reads `interrupted`."""
+    eval_dir = Path(eval_dir)
+    meta = _read_json(eval_dir / "eval.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+        raise LookupError(f"{eval_dir} is not an eval directory (no readable eval.json)")
+    state = meta.get("state", "running")
+    if state == "running" and _alive(meta) is False:
+        state = "interrupted"
+    settings = EvalSettings.from_dict(meta["settings"])
+    summary = _read_json(eval_dir / "summary.json")
+    results = read_results(eval_dir)
+    pass_rate = summary.get("pass_rate") if isinstance(summary, dict) else None
+    return EvalInfo(eval_dir.name, eval_dir, state, settings, meta.get("started_at"), meta.get("ended_at"),
+                    len(results), len(settings.case_ids), pass_rate, meta.get("error"))
+
+
+def list_evals(root: str | Path) -> list[EvalInfo]:
+    """Every eval under a root (an evals dir, or a run's evals/), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if path.is_dir() and not path.name.startswith(".") and (path / "eval.json").is_file():
+            try:
+                found.append(load_eval(path))
+            except LookupError:
+                continue
+    return sorted(found, key=lambda e: e.eval_id, reverse=True)
+
+
+def find_eval(ref: str, roots: list[Path]) -> Path:
+    """An eval by path, id or unique id prefix, looked up in the given roots."""
+    candidate = Path(ref).expanduser()
+    if (candidate / "eval.json").is_file():
+        return candidate.resolve()
+    matches = [e.path for root in roots for e in list_evals(root) if e.eval_id == ref]
+    if not matches:
+        matches = [e.path for root in roots for e in list_evals(root) if e.eval_id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    where = ", ".join(str(r) for r in roots)
+    if not matches:
+        raise LookupError(f"no eval {ref!r} in {where}")
+    raise LookupError(f"{ref!r} matches {len(matches)} evals in {where}: {', '.join(p.name for p in matches[:5])}")
+
+
+# --- starting --------------------------------------------------------------------
+
+
+def _client_for(settings: EvalSettings) -> OllamaClient | OpenAIClient:
+    return make_client(settings.backend, settings.url, timeout=settings.timeout, retries=settings.retries,
+                       max_connections=max(settings.concurrency, 1))
+
+
+async def preflight(settings: EvalSettings, client: OllamaClient | OpenAIClient | None = None) -> list[str]:
+    """Raise EvalCannotRun when the server is down or lacks the model; return warnings otherwise."""
+    own = client is None
+    client = client or _client_for(settings)
+    try:
+        reach = await client.check()
+    finally:
+        if own:
+            await client.aclose()
+    name = "Ollama" if settings.backend == "ollama" else "the OpenAI-compatible server"
+    if not reach.reachable:
+        raise EvalCannotRun(f"{name} is not reachable at {settings.url}: {reach.error}\n"
+                            f"  {start_hint(settings.backend)}")
+    if reach.models is None:
+        return [f"could not read the model list ({reach.error}); trying model {settings.model!r} anyway"]
+    if settings.model not in reach.models and not (
+        settings.backend == "ollama" and f"{settings.model}:latest" in reach.models
+    ):
+        listed = ", ".join(reach.models[:10]) or "none"
+        hint = f"; `ollama pull {settings.model}`" if settings.backend == "ollama" else ""
+        raise EvalCannotRun(f"model {settings.model!r} is not served at {settings.url} (it lists: {listed}){hint}")
+    return []
+
+
+def new_settings(backend: str, model: str, prompt_set: PromptSet, *, url: str | None = None,
+                 tags: list[str] | None = None, limit: int | None = None, shuffle: bool = False, seed: int = 0,
+                 **options: Any) -> EvalSettings:
+    """Settings for a new eval, with the case selection fixed now."""
+    from evaluator.clients import default_url
+
+    cases = select_cases(prompt_set.cases, tags=tags or (), limit=limit, shuffle=shuffle, seed=seed)
+    return EvalSettings(backend=backend, url=url or default_url(backend), model=model,
+                        prompt_set=str(Path(prompt_set.path).resolve()), prompt_set_sha256=prompt_set.sha256,
+                        case_ids=[c.id for c in cases], tags=list(tags or []), limit=limit, shuffle=shuffle,
+                        seed=seed, **options)
+
+
+def create_eval(settings: EvalSettings, root: Path) -> Path:
+    """The eval directory with its eval.json (state `running`); the id gets a suffix if the second is taken."""
+    root.mkdir(parents=True, exist_ok=True)
+    base = make_eval_id(settings.model)
+    for n in range(1, 1000):
+        path = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RuntimeError(f"no free eval id under {root} for {base}")
+    _write_meta(path, {"eval_id": path.name, "state": "running", "settings": asdict(settings),
+                       "started_at": utc_now(), "ended_at": None})
+    return path
+
+
+# --- running ---------------------------------------------------------------------
+
+
+async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, case: Case) -> dict[str, Any]:
+    """Ask one case and score it; a failed request becomes the case's recorded error."""
+    record: dict[str, Any] = {
+        "id": case.id, "tags": case.tags, "expected_tools": case.expected_tools,
+        "expected_context": case.expected_context, "prompt": case.messages(), "started_at": utc_now(),
+    }
+    started = time.perf_counter()
+    try:
+        result = await client.chat(settings.model, case.messages(), case.tools or None,
+                                   temperature=settings.temperature, top_p=settings.top_p,
+                                   max_tokens=settings.max_tokens, stream=settings.stream)
+    except BackendError as exc:
+        record.update(response=None, raw=None, calls=[], checks=[], passed=False, reasons=[str(exc)],
+                      error={"kind": exc.kind, "message": str(exc), "status": exc.status},
+                      latency_s=round(time.perf_counter() - started, 4))
+        return record
+    score = score_case(case, result.content, result.tool_calls)
+    record.update(
+        response=result.content, raw=result.raw, native_tool_calls=result.tool_calls,
+        calls=[c.to_dict() for c in score.calls], checks=[c.to_dict() for c in score.checks],
+        passed=score.passed, reasons=score.reasons, error=None,
+        latency_s=round(result.latency_s, 4),
+        first_token_s=round(result.first_token_s, 4) if result.first_token_s is not None else None,
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason, attempts=result.attempts,
+    )
+    return record
+
+
+def _resolve_cases(settings: EvalSettings) -> list[Case]:
+    prompt_set = load_prompt_set(settings.prompt_set)
+    if settings.prompt_set_sha256 and prompt_set.sha256 != settings.prompt_set_sha256:
+        raise EvalCannotRun(f"{settings.prompt_set} changed since this eval started (sha256 differs); "
+                            "start a new eval instead of resuming")
+    by_id = {c.id: c for c in prompt_set.cases}
+    missing = [i for i in settings.case_ids if i not in by_id]
+    if missing:
+        raise EvalCannotRun(f"{settings.prompt_set} has no case {missing[0]!r} any more")
+    return [by_id[i] for i in settings.case_ids]
+
+
+def finish_eval(eval_dir: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write summary.json and report.md from results.jsonl; returns the summary."""
+    meta = meta or _read_json(eval_dir / "eval.json") or {}
+    settings = EvalSettings.from_dict(meta.get("settings") or {})
+    order = {case_id: i for i, case_id in enumerate(settings.case_ids)}
+    results = sorted(read_results(eval_dir), key=lambda r: order.get(str(r["id"]), len(order)))
+    summary = aggregate(results)
+    summary.update(eval_id=eval_dir.name, backend=settings.backend, url=settings.url, model=settings.model,
+                   prompt_set=settings.prompt_set, planned=len(settings.case_ids),
+                   started_at=meta.get("started_at"), ended_at=meta.get("ended_at"))
+    atomic_write_text(eval_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(eval_dir / "report.md", render_report(summary, results))
+    return summary
+
+
+async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]], None] | None = None,
+                   on_start: Callable[[int, int], None] | None = None,
+                   client: OllamaClient | OpenAIClient | None = None, concurrency: int | None = None,
+                   url: str | None = None) -> dict[str, Any]:
+    """Run (or finish) the eval in `eval_dir`: only cases missing from results.jsonl are asked.
+
+    `on_start(done, total)` is called once the work is known, `on_result(record)` as each
+    case finishes (records are already on disk by then). Returns the summary. Cancelling
+    the task leaves the eval `interrupted`, ready to resume.
+    """
+    eval_dir = Path(eval_dir)
+    meta = _read_json(eval_dir / "eval.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+        raise LookupError(f"{eval_dir} is not an eval directory (no readable eval.json)")
+    settings = EvalSettings.from_dict(meta["settings"])
+    if concurrency:
+        settings.concurrency = concurrency
+    if url:
+        settings.url = url
+    cases = _resolve_cases(settings)
+    results_path = eval_dir / "results.jsonl"
+    _drop_partial_line(results_path)
+    done = {str(r["id"]) for r in read_results(eval_dir)}
+    todo = [c for c in cases if c.id not in done]
+
+    from synaptic_tui.jobs import process_start_marker
+
+    meta.update(state="running", settings=asdict(settings), pid=os.getpid(), host=socket.gethostname(),
+                start_marker=process_start_marker(os.getpid()), ended_at=None, error=None)
+    _write_meta(eval_dir, meta)
+    if on_start:
+        on_start(len(done), len(cases))
+    own = client is None
+    client = client or _client_for(settings)
+    pending = iter(todo)
+    try:
+        with results_path.open("a", encoding="utf-8") as out:
+            async def worker() -> None:
+                # The workers share one iterator: each takes the next case as soon as it is free.
+                for case in pending:
+                    record = await run_case(client, settings, case)
+                    record["finished_at"] = utc_now()
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    out.flush()
+                    if on_result:
+                        on_result(record)
+
+            tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(settings.concurrency, len(todo))))]
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+    except asyncio.CancelledError:
+        meta.update(state="interrupted", ended_at=utc_now())
+        _write_meta(eval_dir, meta)
+        raise
+    except BaseException as exc:
+        meta.update(state="failed", ended_at=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        _write_meta(eval_dir, meta)
+        raise
+    finally:
+        if own:
+            await client.aclose()
+    meta.update(state="completed", ended_at=utc_now())
+    summary = finish_eval(eval_dir, meta)
+    _write_meta(eval_dir, meta)
+    return summary
+
+
+# --- comparing -------------------------------------------------------------------
+
+
+def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:
+    """Per-case flips (fixed: fail->pass, broken: pass->fail) and per-tag pass-rate deltas from A to B."""
+    a, b = Path(a), Path(b)
+    for path in (a, b):
+        load_eval(path)  # a clear LookupError for a directory that is not an eval
+    ra = {str(r["id"]): r for r in read_results(a)}
+    rb = {str(r["id"]): r for r in read_results(b)}
+    fixed, broken = [], []
+    for case_id in ra.keys() & rb.keys():
+        before, after = bool(ra[case_id].get("passed")), bool(rb[case_id].get("passed"))
+        if before != after:
+            entry = {"id": case_id, "before": before, "after": after,
+                     "reasons_before": ra[case_id].get("reasons") or [],
+                     "reasons_after": rb[case_id].get("reasons") or []}
+            (fixed if after else broken).append(entry)
+    sa, sb = aggregate(list(ra.values())), aggregate(list(rb.values()))
+    per_tag = {}
+    for tag in sorted(set(sa["per_tag"]) | set(sb["per_tag"])):
+        rate_a = sa["per_tag"].get(tag, {}).get("pass_rate")
+        rate_b = sb["per_tag"].get(tag, {}).get("pass_rate")
+        per_tag[tag] = {"a": rate_a, "b": rate_b,
+                        "delta": round(rate_b - rate_a, 4) if rate_a is not None and rate_b is not None else None}
+    key = lambda e: e["id"]  # noqa: E731
+    overall_delta = (round(sb["pass_rate"] - sa["pass_rate"], 4)
+                     if sa["pass_rate"] is not None and sb["pass_rate"] is not None else None)
+    return {
+        "a": str(a), "b": str(b),
+        "overall": {"a": sa["pass_rate"], "b": sb["pass_rate"], "delta": overall_delta},
+        "fixed": sorted(fixed, key=key), "broken": sorted(broken, key=key),
+        "only_in_a": sorted(ra.keys() - rb.keys()), "only_in_b": sorted(rb.keys() - ra.keys()),
+        "per_tag": per_tag,
+    }

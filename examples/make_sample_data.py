@@ -1,0 +1,207 @@
+"""Writes the sample data in examples/: SFT and KTO sets with tool calls, and a prompt set.
+
+Deterministic (seeded), so `python examples/make_sample_data.py` reproduces
+the committed files byte for byte. The domain is a notes assistant whose tool
+calls must carry the session and workspace ids from the system prompt, as in
+the original Synaptic Tuner's datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def fn(name: str, description: str, properties: dict, required: list[str]) -> dict:
+    context = {"type": "object", "description": "ids from the system prompt",
+               "properties": {"sessionId": {"type": "string"}, "workspaceId": {"type": "string"}},
+               "required": ["sessionId", "workspaceId"]}
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {**properties, "context": context},
+                       "required": [*required, "context"]}}}
+
+
+TOOLS = [
+    fn("search_notes", "Full-text search over the notes in the workspace.",
+       {"query": {"type": "string"}, "limit": {"type": "integer", "minimum": 1, "maximum": 50}}, ["query"]),
+    fn("read_note", "Read one note by its path.", {"path": {"type": "string"}}, ["path"]),
+    fn("create_note", "Create a note.",
+       {"path": {"type": "string"}, "content": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}}}, ["path", "content"]),
+    fn("append_to_note", "Append text to the end of a note.",
+       {"path": {"type": "string"}, "content": {"type": "string"}}, ["path", "content"]),
+    fn("list_folder", "List the notes and folders in a folder.",
+       {"path": {"type": "string"}, "sort": {"type": "string", "enum": ["name", "modified", "created"]}}, ["path"]),
+    fn("get_workspace", "Describe the current workspace: name, folders, recent notes.", {}, []),
+]
+TOOL_NAMES = [t["function"]["name"] for t in TOOLS]
+
+TOPICS = ["rust ownership", "sourdough starter", "quarterly budget", "garden layout", "trip to Lisbon",
+          "reading list", "team offsite", "python packaging", "marathon training", "podcast ideas",
+          "kitchen renovation", "thesis outline", "bird sightings", "job applications", "home network"]
+FOLDERS = ["projects", "journal", "recipes", "work", "travel", "ideas", "archive"]
+
+
+def slug(text: str) -> str:
+    return text.lower().replace(" ", "-")
+
+
+def context(rng: random.Random) -> tuple[str, str]:
+    return f"sess_{rng.randrange(16**6):06x}", f"ws_{rng.randrange(16**4):04x}"
+
+
+def system_prompt(session: str, workspace: str) -> str:
+    return (f"You are a notes assistant working in a user's vault. Session: {session}. Workspace: {workspace}. "
+            "Pass both ids as `context` in every tool call.")
+
+
+def call(name: str, args: dict, session: str, workspace: str, call_id: str) -> dict:
+    args = {**args, "context": {"sessionId": session, "workspaceId": workspace}}
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+
+
+def scenario(rng: random.Random) -> tuple[str, list[tuple[str, dict]], str, str]:
+    """(user question, [(tool, args)], tool result text, final answer)."""
+    topic = rng.choice(TOPICS)
+    folder = rng.choice(FOLDERS)
+    path = f"{folder}/{slug(topic)}.md"
+    kind = rng.choice(["search", "read", "create", "append", "list", "workspace", "search_read", "none"])
+    if kind == "search":
+        limit = rng.choice([3, 5, 10])
+        q = rng.choice([f"Find my notes about {topic}.", f"Do I have anything on {topic}?",
+                        f"Search for {topic}, top {limit} please."])
+        return q, [("search_notes", {"query": topic, "limit": limit})], json.dumps([path]), f"I found one note: {path}."
+    if kind == "read":
+        q = rng.choice([f"Open {path}.", f"What does {path} say?", f"Read me the note at {path}."])
+        return q, [("read_note", {"path": path})], f"# {topic.title()}\nFirst draft.", f"{path} holds a first draft on {topic}."
+    if kind == "create":
+        tags = rng.sample(["todo", "draft", "idea", "personal", "work"], 2)
+        q = rng.choice([f"Start a note at {path} about {topic}, tagged {tags[0]} and {tags[1]}.",
+                        f"Create {path} with a heading for {topic}; tags: {', '.join(tags)}."])
+        return (q, [("create_note", {"path": path, "content": f"# {topic.title()}\n", "tags": tags})],
+                json.dumps({"created": path}), f"Created {path}.")
+    if kind == "append":
+        line = rng.choice(["call the plumber", "buy flour", "book the venue", "email Sam", "water the beans"])
+        q = rng.choice([f"Add '{line}' to {path}.", f"Append a line to {path}: {line}."])
+        return q, [("append_to_note", {"path": path, "content": f"- {line}\n"})], json.dumps({"ok": True}), f"Added it to {path}."
+    if kind == "list":
+        order = rng.choice(["name", "modified", "created"])
+        q = rng.choice([f"What's in my {folder} folder, sorted by {order}?", f"List {folder} by {order}."])
+        return (q, [("list_folder", {"path": folder, "sort": order})], json.dumps([path, f"{folder}/index.md"]),
+                f"{folder} has {path} and {folder}/index.md.")
+    if kind == "workspace":
+        q = rng.choice(["Which workspace am I in?", "Give me an overview of this vault."])
+        return q, [("get_workspace", {})], json.dumps({"name": "Personal", "folders": FOLDERS[:3]}), "You are in Personal."
+    if kind == "search_read":
+        q = f"Find the note about {topic} and tell me what it says."
+        return (q, [("search_notes", {"query": topic, "limit": 1}), ("read_note", {"path": path})],
+                json.dumps([path]), f"The note {path} is a first draft on {topic}.")
+    q = rng.choice(["Thanks, that's all.", "What can you do?", f"Is {topic} a good name for a folder?"])
+    return q, [], "", rng.choice(["Happy to help.", "I can search, read, create and organise your notes.",
+                                  "Sure, short folder names work well."])
+
+
+def sft_rows(rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        session, workspace = context(rng)
+        question, calls, result, answer = scenario(rng)
+        messages = [{"role": "system", "content": system_prompt(session, workspace)}, {"role": "user", "content": question}]
+        if calls:
+            tool_calls = [call(name, args, session, workspace, f"call_{i}_{j}") for j, (name, args) in enumerate(calls)]
+            messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
+            for tc in tool_calls:
+                messages.append({"role": "tool", "tool_call_id": tc["id"], "content": result})
+        messages.append({"role": "assistant", "content": answer})
+        rows.append({"messages": messages, "tools": TOOLS})
+    return rows
+
+
+def corrupt(rng: random.Random, calls: list[tuple[str, dict]], session: str, workspace: str) -> tuple[list, str]:
+    """A realistic mistake: wrong tool, missing required argument, dropped ids, bad enum, made-up tool."""
+    name, args = calls[0]
+    mistake = rng.choice(["wrong_tool", "missing_arg", "dropped_context", "bad_enum", "invented_tool"])
+    if mistake == "wrong_tool":
+        other = rng.choice([t for t in TOOL_NAMES if t != name])
+        return [call(other, args, session, workspace, "call_0")], mistake
+    if mistake == "missing_arg" and args:
+        args = dict(args)
+        args.pop(next(iter(args)))
+        return [call(name, args, session, workspace, "call_0")], mistake
+    if mistake == "bad_enum":
+        return [call("list_folder", {"path": "work", "sort": "size"}, session, workspace, "call_0")], mistake
+    if mistake == "invented_tool":
+        return [call("delete_everything", args, session, workspace, "call_0")], mistake
+    bare = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+    return [bare], "dropped_context"
+
+
+def kto_rows(rng: random.Random, n: int) -> list[dict]:
+    rows = []
+    while len(rows) < n:
+        session, workspace = context(rng)
+        question, calls, _, answer = scenario(rng)
+        if not calls:
+            continue
+        prompt = [{"role": "system", "content": system_prompt(session, workspace)}, {"role": "user", "content": question}]
+        good = rng.random() < 0.55
+        if good:
+            tool_calls = [call(name, args, session, workspace, f"call_{j}") for j, (name, args) in enumerate(calls)]
+        else:
+            tool_calls, _ = corrupt(rng, calls, session, workspace)
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "", "tool_calls": tool_calls}],
+                     "label": good, "tools": TOOLS})
+    return rows
+
+
+def prompt_cases(rng: random.Random, n: int) -> list[dict]:
+    cases = []
+    tag_of = {"search_notes": "search", "read_note": "read", "create_note": "create", "append_to_note": "create",
+              "list_folder": "browse", "get_workspace": "browse"}
+    while len(cases) < n:
+        session, workspace = context(rng)
+        question, calls, _, _ = scenario(rng)
+        tags = sorted({tag_of[name] for name, _ in calls}) or ["no-tool"]
+        if len(calls) > 1:
+            tags.append("multi-tool")
+        cases.append({"id": f"case-{len(cases) + 1:03d}", "question": question,
+                      "system": system_prompt(session, workspace), "tags": tags,
+                      "expected_tools": [name for name, _ in calls],
+                      "expected_context": {"sessionId": session, "workspaceId": workspace} if calls else {},
+                      "tools": TOOLS})
+    return cases
+
+
+def check(rows: list[dict]) -> None:
+    """Every tool call names a defined tool (or is a deliberate mistake) and parses."""
+    for row in rows:
+        turns = row.get("messages") or row["prompt"] + row["completion"]
+        for turn in turns:
+            for tc in turn.get("tool_calls") or []:
+                json.loads(tc["function"]["arguments"])
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def main() -> None:
+    rng = random.Random(20251122)
+    sft, kto, cases = sft_rows(rng, 100), kto_rows(rng, 100), prompt_cases(rng, 24)
+    check(sft)
+    check(kto)
+    (HERE / "data").mkdir(exist_ok=True)
+    (HERE / "prompts").mkdir(exist_ok=True)
+    write_jsonl(HERE / "data" / "sft_tool_calls.jsonl", sft)
+    write_jsonl(HERE / "data" / "kto_tool_calls.jsonl", kto)
+    (HERE / "prompts" / "tool_calling.json").write_text(json.dumps(cases, indent=2, ensure_ascii=False) + "\n")
+    good = sum(r["label"] for r in kto)
+    print(f"sft: {len(sft)} rows; kto: {len(kto)} rows ({good} desirable); prompts: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()

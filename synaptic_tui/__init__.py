@@ -1,0 +1,3 @@
+"""synaptic-tui: fine-tune a small LLM from the terminal, from training to evaluation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Textual screens of synaptic-tui, one module per screen."""

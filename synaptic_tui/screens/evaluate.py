@@ -1,0 +1,452 @@
+"""The eval runner: pick a server, model and prompt set, run, and watch results fill in; past evals and comparisons.
+
+An eval runs detached (`python -m evaluator --resume DIR`), like a trainer, so
+leaving the screen or the app never stops it; the screen follows the eval's
+results.jsonl by byte offset. The evaluator's modules import only httpx.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, RadioButton, RadioSet, Select, Static
+
+from synaptic_tui.follow import JsonlFollower
+from synaptic_tui.paths import display_path, shipped_dir
+
+BACKENDS = (("ollama", "Ollama"), ("openai", "OpenAI-compatible (LM Studio, llama.cpp, vLLM, mlx_lm)"))
+
+
+def prompt_dirs() -> list[Path]:
+    """Where prompt sets are looked for: ./prompts, ./examples/prompts, then the shipped examples."""
+    seen, found = set(), []
+    for directory in (Path.cwd() / "prompts", Path.cwd() / "examples" / "prompts", shipped_dir("examples") / "prompts"):
+        key = directory.resolve()
+        if key not in seen and directory.is_dir():
+            seen.add(key)
+            found.append(directory)
+    return found
+
+
+def eval_roots(runs_dir: Path) -> list[Path]:
+    """The standalone evals dir and every run's evals/."""
+    from evaluator.runner import evals_root
+
+    roots = [evals_root()]
+    if runs_dir.is_dir():
+        roots += sorted(p / "evals" for p in runs_dir.iterdir() if (p / "evals").is_dir())
+    return roots
+
+
+def launch_eval(eval_dir: Path) -> None:
+    """Run the eval in its own session, output to eval.log: closing the app never stops it."""
+    from synaptic_tui.jobs import launch_detached
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launch_detached([sys.executable, "-m", "evaluator", "--resume", str(eval_dir)], eval_dir,
+                    eval_dir / "eval.log", env)
+
+
+def called_tools(record: dict[str, Any]) -> str:
+    return ", ".join(c.get("name", "?") for c in record.get("calls") or [])
+
+
+class EvalResults(Vertical):
+    """One eval's results as they arrive: a table of cases, the highlighted case's exchange, the summary."""
+
+    DEFAULT_CSS = """
+    EvalResults { height: 1fr; }
+    EvalResults #results { height: 1fr; }
+    EvalResults #case-log { height: 10; border-top: solid $panel; }
+    EvalResults #eval-summary { height: auto; max-height: 12; }
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.eval_dir: Path | None = None
+        self.follower: JsonlFollower | None = None
+        self.records: dict[str, dict[str, Any]] = {}
+        self._state = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="eval-progress")
+        yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
+        yield Log(id="case-log", max_lines=2000)
+        yield Static("", id="eval-summary")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#results", DataTable)
+        for key, label, width in (("case", "Case", 22), ("tags", "Tags", 16), ("expected", "Expected", 22),
+                                  ("called", "Called", 22), ("pass", "Pass", 5), ("latency", "Latency", 8)):
+            table.add_column(label, key=key, width=width)
+        self.set_interval(0.3, self.poll)
+
+    def follow(self, eval_dir: Path) -> None:
+        self.eval_dir = Path(eval_dir)
+        self.follower = JsonlFollower(self.eval_dir / "results.jsonl")
+        self.records = {}
+        self._state = ""
+        self.query_one("#results", DataTable).clear()
+        self.query_one("#case-log", Log).clear()
+        self.query_one("#eval-summary", Static).update("")
+        self.poll()
+
+    def poll(self) -> None:
+        from evaluator.runner import load_eval
+
+        if self.eval_dir is None or self.follower is None:
+            return
+        records, reset, _ = self.follower.poll_records()
+        table = self.query_one("#results", DataTable)
+        if reset:
+            table.clear()
+            self.records = {}
+        for record in records:
+            case_id = str(record.get("id"))
+            self.records[case_id] = record
+            passed = Text("yes", style="green") if record.get("passed") else Text(
+                "err" if record.get("error") else "no", style="red")
+            latency = record.get("latency_s")
+            row = (case_id, ", ".join(record.get("tags") or []), ", ".join(record.get("expected_tools") or []),
+                   called_tools(record), passed, f"{latency:.2f}s" if isinstance(latency, (int, float)) else "")
+            if case_id in table.rows:
+                table.remove_row(case_id)
+            table.add_row(*row, key=case_id)
+        if records and table.row_count == len(records):
+            self.show_case()
+        try:
+            info = load_eval(self.eval_dir)
+        except LookupError:
+            return
+        passed = sum(bool(r.get("passed")) for r in self.records.values())
+        progress = (f"[b]{info.state}[/]  {len(self.records)}/{info.total} cases  passed {passed}"
+                    f"   {escape(info.settings.model)} @ {escape(info.settings.url)}")
+        if info.error:
+            progress += f"   [red]{escape(info.error)}[/]"
+        self.query_one("#eval-progress", Static).update(progress)
+        if info.state != self._state:
+            self._state = info.state
+            if info.state == "completed":
+                self.show_summary()
+
+    def show_summary(self) -> None:
+        import json
+
+        try:
+            summary = json.loads((self.eval_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            return
+        rate = summary.get("pass_rate")
+        lines = [f"[b]pass rate {rate:.0%}[/] ({summary.get('passed')}/{summary.get('total')}, "
+                 f"{summary.get('errors', 0)} errors)" if rate is not None else "no results"]
+        for tag, row in (summary.get("per_tag") or {}).items():
+            tag_rate = row.get("pass_rate")
+            lines.append(f"  {escape(tag):<24} {row['passed']}/{row['total']}"
+                         + (f"  {tag_rate:.0%}" if tag_rate is not None else ""))
+        lines.append(f"report: {escape(display_path(self.eval_dir / 'report.md'))}")
+        self.query_one("#eval-summary", Static).update("\n".join(lines))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.show_case()
+
+    def show_case(self) -> None:
+        table = self.query_one("#results", DataTable)
+        if not table.row_count:
+            return
+        case_id = str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
+        record = self.records.get(case_id)
+        log = self.query_one("#case-log", Log)
+        log.clear()
+        if record is None:
+            return
+        question = next((m.get("content") for m in reversed(record.get("prompt") or []) if m.get("role") == "user"), "")
+        lines = [f"case {case_id}: {question}"]
+        lines += [f"  {'ok ' if c.get('ok') else 'FAIL'} {c.get('name', '')}: {c.get('detail', '')}"
+                  for c in record.get("checks") or []]
+        lines += [f"  reason: {r}" for r in record.get("reasons") or []]
+        lines.append("response:")
+        lines += (record.get("response") or "").splitlines() or ["(empty)"]
+        for call in record.get("calls") or []:
+            lines.append(f"call: {call.get('name')} {call.get('arguments')}")
+        log.write_lines(lines)
+
+
+class EvaluateScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="screen.back"),
+        Binding("ctrl+r", "run_eval", "Run eval", id="evaluate.run"),
+        Binding("ctrl+o", "past_evals", "Past evals", id="evaluate.past"),
+    ]
+
+    DEFAULT_CSS = """
+    EvaluateScreen #eval-form { width: 46; padding: 0 1; }
+    EvaluateScreen #eval-form Input, EvaluateScreen #eval-form Select { margin-bottom: 1; }
+    EvaluateScreen #eval-numbers Input { width: 1fr; }
+    EvaluateScreen #eval-numbers { height: auto; }
+    EvaluateScreen #reach { margin-bottom: 1; }
+    """
+
+    def __init__(self, run_dir: Path | None = None, model: str | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.wanted_model = model
+        self.prompt_sets = []
+
+    def compose(self) -> ComposeResult:
+        from evaluator.prompts import discover_prompt_sets
+
+        for directory in prompt_dirs():
+            self.prompt_sets += [info for info in discover_prompt_sets(directory) if not info.error]
+        options = [(f"{info.name} ({info.count} cases)", str(info.path)) for info in self.prompt_sets]
+        yield Header()
+        with Horizontal():
+            with VerticalScroll(id="eval-form"):
+                yield Label("Backend")
+                with RadioSet(id="backend"):
+                    for index, (name, title) in enumerate(BACKENDS):
+                        yield RadioButton(title, value=index == 0, name=name)
+                yield Static("checking...", id="reach")
+                yield Label("URL")
+                yield Input(id="url")
+                yield Label("Model (as the server lists it)")
+                yield Select([], id="model", prompt="pick a model")
+                yield Label("Prompt set")
+                yield Select(options, id="prompt-set", value=options[0][1] if options else Select.NULL,
+                             prompt="no prompt sets found")
+                yield Label("Concurrency / limit / temperature")
+                with Horizontal(id="eval-numbers"):
+                    yield Input("4", id="concurrency", type="integer")
+                    yield Input("", id="limit", type="integer", placeholder="all")
+                    yield Input("0", id="temperature", type="number")
+                yield Input("", id="tags", placeholder="tags (comma-separated), empty: all")
+                yield Button("Run eval  ctrl+r", id="run", variant="primary")
+                if self.run_dir is not None:
+                    yield Static(f"filed under run {escape(self.run_dir.name)}", id="eval-run")
+            yield EvalResults(id="eval-results")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Evaluate"
+        self.backend_changed()
+
+    def backend(self) -> str:
+        pressed = self.query_one("#backend", RadioSet).pressed_button
+        return pressed.name if pressed is not None else "ollama"
+
+    @on(RadioSet.Changed, "#backend")
+    def backend_changed(self) -> None:
+        from evaluator.clients import default_url
+
+        self.query_one("#url", Input).value = default_url(self.backend())
+        self.check_server()
+
+    @on(Input.Submitted, "#url")
+    def url_submitted(self) -> None:
+        self.check_server()
+
+    @work(exclusive=True, group="reach", exit_on_error=False)
+    async def check_server(self) -> None:
+        from evaluator.clients import check_backend, start_hint
+
+        backend, url = self.backend(), self.query_one("#url", Input).value.strip()
+        reach_label = self.query_one("#reach", Static)
+        reach_label.update(f"checking {escape(url)} ...")
+        reach = await check_backend(backend, url)
+        select = self.query_one("#model", Select)
+        if not reach.reachable:
+            reach_label.update(f"[red]not reachable[/]: {escape(str(reach.error))}\n{escape(start_hint(backend))}")
+            select.set_options([])
+            return
+        models = reach.models or []
+        reach_label.update(f"[green]reachable[/], {len(models)} model(s)")
+        select.set_options([(m, m) for m in models])
+        wanted = self.wanted_model if self.wanted_model in models else (models[0] if len(models) == 1 else None)
+        if wanted:
+            select.value = wanted
+
+    @on(Button.Pressed, "#run")
+    def run_pressed(self) -> None:
+        self.action_run_eval()
+
+    def settings_from_form(self):
+        from evaluator.prompts import load_prompt_set
+        from evaluator.runner import new_settings
+
+        model = self.query_one("#model", Select).value
+        prompt_set = self.query_one("#prompt-set", Select).value
+        if model is Select.NULL or not model:
+            raise ValueError("pick a model (the server must be reachable and list it)")
+        if prompt_set is Select.NULL or not prompt_set:
+            raise ValueError("pick a prompt set")
+        number = lambda wid, cast: cast(v) if (v := self.query_one(wid, Input).value.strip()) else None  # noqa: E731
+        concurrency = number("#concurrency", int) or 4
+        limit = number("#limit", int)
+        temperature = number("#temperature", float) or 0.0
+        if concurrency < 1 or (limit is not None and limit < 1) or temperature < 0:
+            raise ValueError("concurrency and limit must be at least 1, temperature at least 0")
+        tags = [t.strip() for t in self.query_one("#tags", Input).value.split(",") if t.strip()]
+        loaded = load_prompt_set(prompt_set)
+        settings = new_settings(self.backend(), str(model), loaded, url=self.query_one("#url", Input).value.strip(),
+                                tags=tags, limit=limit, temperature=temperature, concurrency=concurrency)
+        if not settings.case_ids:
+            raise ValueError(f"no case in {Path(prompt_set).name} has the tags {', '.join(tags)}")
+        if self.run_dir is not None:
+            settings.run_id = self.run_dir.name
+        return settings
+
+    def action_run_eval(self) -> None:
+        from evaluator.prompts import PromptSetError
+        from evaluator.runner import create_eval, evals_root
+
+        try:
+            settings = self.settings_from_form()
+        except (ValueError, PromptSetError) as exc:
+            self.notify(str(exc), severity="error", title="Cannot run")
+            return
+        root = self.run_dir / "evals" if self.run_dir is not None else evals_root()
+        eval_dir = create_eval(settings, root)
+        launch_eval(eval_dir)
+        self.query_one(EvalResults).follow(eval_dir)
+        self.notify(f"Eval {eval_dir.name} started: {len(settings.case_ids)} cases.")
+
+    def action_past_evals(self) -> None:
+        self.app.push_screen(EvalsScreen())
+
+
+class EvalsScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", id="screen.back"),
+        Binding("enter", "open", "Open", id="evals.open"),
+        Binding("space", "mark", "Mark", id="evals.mark"),
+        Binding("v", "compare", "Compare marked", id="evals.compare"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[str, Path] = {}
+        self.marked: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Past evals (space marks two, v compares them)", classes="pane-title")
+        yield DataTable(id="evals", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        from evaluator.runner import list_evals
+
+        self.sub_title = "Past evals"
+        table = self.query_one(DataTable)
+        for key, label, width in (("eval", "Eval", 34), ("run", "Run", 26), ("model", "Model", 18),
+                                  ("state", "State", 11), ("done", "Done", 7), ("pass", "Pass rate", 9)):
+            table.add_column(label, key=key, width=width)
+        evals = [info for root in eval_roots(self.app.services.runs_dir) for info in list_evals(root)]
+        for info in sorted(evals, key=lambda e: e.eval_id, reverse=True):
+            key = str(info.path)
+            self.paths[key] = info.path
+            table.add_row(info.eval_id, info.settings.run_id or "", info.settings.model, info.state,
+                          f"{info.done}/{info.total}", f"{info.pass_rate:.0%}" if info.pass_rate is not None else "",
+                          key=key)
+        table.focus()
+
+    def selected(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        key = self.selected()
+        if key is not None:
+            self.app.push_screen(EvalResultsScreen(self.paths[key]))
+
+    def action_mark(self) -> None:
+        key = self.selected()
+        if key is None:
+            return
+        table = self.query_one(DataTable)
+        if key in self.marked:
+            self.marked.remove(key)
+        else:
+            self.marked = (self.marked + [key])[-2:]
+        for row_key in table.rows:
+            name = self.paths[str(row_key.value)].name
+            table.update_cell(row_key, "eval", f"✓ {name}" if str(row_key.value) in self.marked else name)
+        table.action_cursor_down()
+
+    def action_compare(self) -> None:
+        if len(self.marked) != 2:
+            self.notify("Mark two evals with space, then press v.", severity="warning")
+            return
+        self.app.push_screen(EvalCompareScreen(self.paths[self.marked[0]], self.paths[self.marked[1]]))
+
+
+class EvalResultsScreen(Screen):
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="screen.back")]
+
+    def __init__(self, eval_dir: Path) -> None:
+        super().__init__()
+        self.eval_dir = Path(eval_dir)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield EvalResults(id="eval-results")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.eval_dir.name
+        self.query_one(EvalResults).follow(self.eval_dir)
+        self.query_one("#results", DataTable).focus()
+
+
+class EvalCompareScreen(Screen):
+    """Eval A against eval B: overall and per-tag pass-rate deltas, and the cases that flipped."""
+
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="screen.back")]
+
+    def __init__(self, a: Path, b: Path) -> None:
+        super().__init__()
+        self.a, self.b = Path(a), Path(b)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="compare-overall")
+        yield DataTable(id="compare-tags", cursor_type="row")
+        yield Static("", id="compare-flips")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        from evaluator.runner import compare_evals
+
+        self.sub_title = f"{self.a.name} vs {self.b.name}"
+        comparison = compare_evals(self.a, self.b)
+        pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+        delta = lambda v: f"{v:+.0%}" if v is not None else "-"  # noqa: E731
+        overall = comparison["overall"]
+        self.query_one("#compare-overall", Static).update(
+            f"A {escape(self.a.name)}: {pct(overall['a'])}   B {escape(self.b.name)}: {pct(overall['b'])}   "
+            f"[b]{delta(overall['delta'])}[/]")
+        table = self.query_one("#compare-tags", DataTable)
+        for key, label, width in (("tag", "Tag", 24), ("a", "A", 6), ("b", "B", 6), ("delta", "Delta", 7)):
+            table.add_column(label, key=key, width=width)
+        for tag, row in comparison["per_tag"].items():
+            change = row["delta"]
+            style = "green" if change and change > 0 else "red" if change and change < 0 else ""
+            table.add_row(tag, pct(row["a"]), pct(row["b"]), Text(delta(change), style=style), key=tag)
+        ids = lambda entries: escape(", ".join(e["id"] for e in entries)) or "none"  # noqa: E731
+        self.query_one("#compare-flips", Static).update(
+            f"[green]fixed[/] (failed in A, pass in B): {ids(comparison['fixed'])}\n"
+            f"[red]broken[/] (passed in A, fail in B): {ids(comparison['broken'])}")

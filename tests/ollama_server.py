@@ -1,0 +1,263 @@
+"""A loopback server speaking Ollama's documented API, for tests and benchmarks (the real Ollama cannot run here).
+
+It follows ollama/ollama docs/api.md ("Generate a chat completion", "List Local
+Models") and docs/api/errors.mdx: `GET /api/tags` -> {"models": [{name, model,
+modified_at, size, digest, details}]}; `POST /api/chat` streams NDJSON chunks
+{"model", "created_at", "message": {"role", "content", "tool_calls"?}, "done": false}
+ending with a `done: true` chunk carrying done_reason and the duration/count
+metrics (nanoseconds), or with "stream": false one such object; tool calls are
+`message.tool_calls[].function.{index, name, arguments (an object)}`; errors are
+{"error": "..."} with 400/404/500, and a failure after streaming began is a
+final {"error": "..."} line.
+
+Answers come from a real model when `upstream` names an OpenAI-compatible server
+(mlx_lm.server with the demo model): the request is translated and forwarded,
+streamed chunk by chunk. Without one, `reply` is answered after `latency`
+seconds. `faults` is a queue of misbehaviours consumed one per chat request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+FAULTS = ("500", "timeout", "malformed", "truncate", "stream_error", "shutdown")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class OllamaServer:
+    def __init__(self, models: dict[str, str] | None = None, *, upstream: str | None = None,
+                 reply: dict[str, Any] | None = None, latency: float = 0.0, hang: float = 5.0):
+        # Ollama model name -> the upstream server's model id.
+        self.models = models or {"demo-model:latest": "default_model"}
+        self.upstream = upstream.rstrip("/") if upstream else None
+        self.reply = reply or {"content": "ok"}
+        self.latency = latency
+        self.hang = hang
+        self.faults: list[str | None] = []
+        self.requests: list[dict[str, Any]] = []  # chat request bodies, in arrival order
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # one request per connection; the body ends when the socket closes
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/api/tags":
+                    server._tags(self)
+                elif self.path == "/api/version":
+                    server._json(self, 200, {"version": "0.0.0-loopback"})
+                elif self.path == "/":
+                    server._json(self, 200, None, raw=b"Ollama is running")
+                else:
+                    server._json(self, 404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                if self.path == "/api/chat":
+                    server._chat(self)
+                else:
+                    server._json(self, 404, {"error": "not found"})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> OllamaServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self) -> OllamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- responses ---------------------------------------------------------------
+
+    @staticmethod
+    def _json(handler: BaseHTTPRequestHandler, status: int, body: Any, raw: bytes | None = None) -> None:
+        data = raw if raw is not None else json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json; charset=utf-8" if raw is None else "text/plain")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _tags(self, handler: BaseHTTPRequestHandler) -> None:
+        models = [{"name": name, "model": name, "modified_at": "2026-11-20T09:00:00.000000000Z", "size": 1282048,
+                   "digest": f"{abs(hash(name)):064x}"[:64],
+                   "details": {"parent_model": "", "format": "safetensors", "family": "llama", "families": ["llama"],
+                               "parameter_size": "320K", "quantization_level": "F32"}}
+                  for name in self.models]
+        self._json(handler, 200, {"models": models})
+
+    def _chat(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(handler.rfile.read(length) or b"{}")
+        except json.JSONDecodeError as exc:
+            return self._json(handler, 400, {"error": f"invalid character in request body: {exc.msg}"})
+        model = body.get("model")
+        if not model:
+            return self._json(handler, 400, {"error": "model is required"})
+        name = model if model in self.models else f"{model}:latest"
+        if name not in self.models:
+            return self._json(handler, 404, {"error": f"model {json.dumps(model)} not found, try pulling it first"})
+        with self._lock:
+            self.requests.append(body)
+            fault = self.faults.pop(0) if self.faults else None
+        stream = body.get("stream", True)  # Ollama streams unless told not to
+        if fault == "500":
+            return self._json(handler, 500, {"error": "the model failed to generate a response"})
+        if fault == "timeout":
+            time.sleep(self.hang)
+            return self._json(handler, 500, {"error": "too late"})
+        if fault == "shutdown":
+            # The server goes away: this request gets no answer, later ones find nothing listening.
+            threading.Thread(target=self.stop, daemon=True).start()
+            handler.close_connection = True
+            return
+        if fault == "malformed":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/x-ndjson" if stream else "application/json")
+            handler.end_headers()
+            handler.wfile.write(b'{"model": "x", "message": {"role": "assistant", "content": "hal\n' if stream
+                                else b'{"model": "x", "message": ')
+            return
+        if self.upstream:
+            chunks, final = self._forward(body, self.models[name], stream, handler if stream else None, fault)
+        else:
+            time.sleep(self.latency)
+            chunks, final = self._scripted(body), None
+        if chunks is None:  # already streamed
+            return
+        self._answer(handler, name, chunks, final, stream, fault)
+
+    def _scripted(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        message = {"role": "assistant", "content": self.reply.get("content", "")}
+        if self.reply.get("tool_calls"):
+            message["tool_calls"] = [{"function": {"index": i, "name": c["name"], "arguments": c["arguments"]}}
+                                     for i, c in enumerate(self.reply["tool_calls"])]
+        return [{"message": message, "eval_count": 3, "prompt_eval_count": 11, "done_reason": "stop"}]
+
+    def _chunk(self, model: str, message: dict[str, Any], done: bool = False, **extra: Any) -> dict[str, Any]:
+        return {"model": model, "created_at": _now(), "message": message, "done": done, **extra}
+
+    def _final(self, model: str, started: float, prompt: int, completion: int, reason: str,
+               message: dict[str, Any] | None = None) -> dict[str, Any]:
+        total = int((time.perf_counter() - started) * 1e9)
+        return self._chunk(model, message or {"role": "assistant", "content": ""}, True, done_reason=reason,
+                           total_duration=total, load_duration=0, prompt_eval_count=prompt,
+                           prompt_eval_duration=total // 4, eval_count=completion, eval_duration=total - total // 4)
+
+    def _answer(self, handler: BaseHTTPRequestHandler, model: str, chunks: list[dict[str, Any]], final: Any,
+                stream: bool, fault: str | None) -> None:
+        started = time.perf_counter()
+        spec = chunks[0]
+        message = spec["message"]
+        if not stream:
+            return self._json(handler, 200, self._final(model, started, spec["prompt_eval_count"],
+                                                        spec["eval_count"], spec["done_reason"], message))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/x-ndjson")
+        handler.end_headers()
+        lines = []
+        content = message.get("content", "")
+        for piece in [content[i:i + 4] for i in range(0, len(content), 4)]:
+            lines.append(self._chunk(model, {"role": "assistant", "content": piece}))
+        if message.get("tool_calls"):
+            lines.append(self._chunk(model, {"role": "assistant", "content": "", "tool_calls": message["tool_calls"]}))
+        if fault == "truncate":
+            lines = lines[:2]
+        elif fault == "stream_error":
+            lines = lines[:1] + [{"error": "an error was encountered while running the model"}]
+        else:
+            lines.append(self._final(model, started, spec["prompt_eval_count"], spec["eval_count"],
+                                     spec["done_reason"]))
+        for line in lines:
+            handler.wfile.write(json.dumps(line).encode() + b"\n")
+            handler.wfile.flush()
+
+    def _forward(self, body: dict[str, Any], upstream_model: str, stream: bool,
+                 handler: BaseHTTPRequestHandler | None, fault: str | None) -> tuple[Any, Any]:
+        """Ask the upstream OpenAI-compatible server; stream its deltas out as Ollama NDJSON as they arrive."""
+        options = body.get("options") or {}
+        request: dict[str, Any] = {"model": upstream_model, "messages": body.get("messages") or [], "stream": stream}
+        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("num_predict", "max_tokens")):
+            if ours in options:
+                request[theirs] = options[ours]
+        if body.get("tools"):
+            request["tools"] = body["tools"]
+        if stream:
+            request["stream_options"] = {"include_usage": True}
+        with httpx.Client(trust_env=False, timeout=120) as client:
+            if not stream:
+                data = client.post(f"{self.upstream}/chat/completions", json=request).json()
+                message = data["choices"][0]["message"]
+                usage = data.get("usage") or {}
+                reason = "length" if data["choices"][0].get("finish_reason") == "length" else "stop"
+                return [{"message": self._ollama_message(message), "prompt_eval_count": usage.get("prompt_tokens", 0),
+                         "eval_count": usage.get("completion_tokens", 0), "done_reason": reason}], None
+            started = time.perf_counter()
+            model = body["model"]
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/x-ndjson")
+            handler.end_headers()
+            usage: dict[str, Any] = {}
+            reason = "stop"
+            sent = 0
+            with client.stream("POST", f"{self.upstream}/chat/completions", json=request) as response:
+                for line in response.iter_lines():
+                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if choice.get("finish_reason") == "length":
+                            reason = "length"
+                        if delta.get("content") or delta.get("tool_calls"):
+                            message = self._ollama_message(delta)
+                            handler.wfile.write(json.dumps(self._chunk(model, message)).encode() + b"\n")
+                            handler.wfile.flush()
+                            sent += 1
+                            if fault == "truncate" and sent >= 2:
+                                return None, None
+            handler.wfile.write(json.dumps(self._final(model, started, usage.get("prompt_tokens", 0),
+                                                       usage.get("completion_tokens", 0), reason)).encode() + b"\n")
+            return None, None
+
+    @staticmethod
+    def _ollama_message(openai_message: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's message/delta -> Ollama's: tool-call arguments become an object, with an index."""
+        message = {"role": "assistant", "content": openai_message.get("content") or ""}
+        calls = []
+        for i, call in enumerate(openai_message.get("tool_calls") or []):
+            function = call.get("function") or {}
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    arguments = {}
+            calls.append({"function": {"index": i, "name": function.get("name", ""), "arguments": arguments or {}}})
+        if calls:
+            message["tool_calls"] = calls
+        return message

@@ -1,0 +1,60 @@
+"""The demo model: built offline, loads and generates in transformers and mlx-lm, renders tools."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import EXAMPLES, REPO
+
+from trainers.demo_model import build_demo_model
+
+
+def test_transformers_loads_and_generates(demo_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Find my notes"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+    text = "héllo wörld 🌍\n\ttabs {\"json\": [1, 2]}"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_chat_template_renders_tools_calls_and_marks_assistant_turns(demo_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    row = json.loads((EXAMPLES / "data" / "sft_tool_calls.jsonl").read_text().splitlines()[0])
+    text = tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=False)
+    assert "<tools>" in text and '"name": "search_notes"' in text
+    call = next(m for m in row["messages"] if m.get("tool_calls"))["tool_calls"][0]["function"]
+    assert f'<tool_call>{{"name": "{call["name"]}", "arguments": {call["arguments"]}}}</tool_call>' in text
+    encoded = tokenizer.apply_chat_template(row["messages"], tools=row["tools"], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    learned = tokenizer.decode([t for t, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m])
+    assert "<tool_call>" in learned and row["messages"][-1]["content"] in learned
+    assert row["messages"][1]["content"] not in learned, "the user's words are not trained on"
+
+
+def test_same_seed_same_weights_and_no_rebuild(tmp_path):
+    first, built = build_demo_model(tmp_path / "a")
+    assert built
+    again, built_again = build_demo_model(tmp_path / "a")
+    assert (again, built_again) == (first, False)
+    second, _ = build_demo_model(tmp_path / "b")
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging dirs left behind"
+
+
+def test_mlx_lm_loads_and_generates(demo_model):
+    code = ("from mlx_lm import load, generate\n"
+            f"m, t = load({str(demo_model)!r})\n"
+            "p = t.apply_chat_template([{'role': 'user', 'content': 'hi'}], add_generation_prompt=True)\n"
+            "print(len(generate(m, t, prompt=p, max_tokens=5)) > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("True")

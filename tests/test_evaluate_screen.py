@@ -1,0 +1,128 @@
+"""The eval runner in the app: a loopback server that follows Ollama's documented API (the real Ollama cannot
+run here), a detached eval whose results fill the table live, past evals and a comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import EXAMPLES, write_run
+from ollama_server import OllamaServer
+from textual.widgets import DataTable, Input, Log, RadioSet, Select, Static
+
+from synaptic_tui.app import SynapticApp
+from synaptic_tui.screens.evaluate import EvalCompareScreen, EvalResultsScreen, EvalsScreen, EvaluateScreen
+from synaptic_tui.services import Services
+
+PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+
+
+async def settle(pilot, predicate, timeout=60.0):
+    for _ in range(int(timeout / 0.1)):
+        if predicate():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError("the screen did not catch up")
+
+
+def prompt_dir(tmp_path: Path, count: int = 3) -> Path:
+    cases = json.loads(PROMPTS.read_text())
+    search = [c for c in cases if c.get("expected_tools") == ["search_notes"]][:count]
+    for case in search:  # a call with just a query passes: the scripted server knows no session ids
+        case.pop("expected_context", None)
+        for tool in case["tools"]:
+            tool["function"]["parameters"]["required"] = ["query"]
+    (tmp_path / "prompts").mkdir()
+    path = tmp_path / "prompts" / "search.json"
+    path.write_text(json.dumps(search))
+    return path
+
+
+async def test_run_an_eval_from_the_screen_and_watch_it_fill(tmp_path, runs_dir, monkeypatch):
+    prompt_set = prompt_dir(tmp_path)
+    case_ids = [c["id"] for c in json.loads(prompt_set.read_text())]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SYNAPTIC_EVALS_DIR", raising=False)
+    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "x"}}]}
+    with OllamaServer(reply=reply) as server:
+        app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+        async with app.run_test(size=(150, 45)) as pilot:
+            await pilot.press("e")
+            screen = app.screen
+            assert isinstance(screen, EvaluateScreen)
+            # Nothing listens on Ollama's default port here: the screen says so and how to start it.
+            await settle(pilot, lambda: "not reachable" in str(screen.query_one("#reach", Static).render()))
+            assert "ollama serve" in str(screen.query_one("#reach", Static).render())
+            await pilot.press("ctrl+r")
+            assert not (tmp_path / "evals").exists()  # no model picked: nothing started
+
+            url = screen.query_one("#url", Input)
+            url.value = server.url
+            url.focus()
+            await pilot.press("enter")
+            await settle(pilot, lambda: "reachable, 1 model" in str(screen.query_one("#reach", Static).render()))
+            screen.query_one("#model", Select).value = "demo-model:latest"
+            assert screen.query_one("#prompt-set", Select).value == str(prompt_set)
+            await pilot.press("ctrl+r")
+
+            results = screen.query_one("#results", DataTable)
+            await settle(pilot, lambda: results.row_count == 3 and "completed" in str(
+                screen.query_one("#eval-progress", Static).render()))
+            assert sorted(str(k.value) for k in results.rows) == sorted(case_ids)
+            assert {str(results.get_cell(i, "called")) for i in case_ids} == {"search_notes"}
+            summary = str(screen.query_one("#eval-summary", Static).render())
+            assert "pass rate 100% (3/3, 0 errors)" in summary and "report:" in summary
+            log = "\n".join(screen.query_one("#case-log", Log).lines)
+            assert "call: search_notes" in log
+            [eval_dir] = (tmp_path / "evals").iterdir()
+            assert json.loads((eval_dir / "summary.json").read_text())["total"] == 3
+        assert len(server.requests) == 3
+
+
+async def test_past_evals_open_and_compare(tmp_path, runs_dir, monkeypatch):
+    from evaluator.prompts import load_prompt_set
+    from evaluator.runner import create_eval, new_settings, run_eval
+
+    prompt_set = load_prompt_set(prompt_dir(tmp_path, count=2))
+    monkeypatch.setenv("SYNAPTIC_EVALS_DIR", str(tmp_path / "evals"))
+    good = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "x"}}]}
+    dirs = []
+    for reply in ({"content": "I cannot help."}, good):
+        with OllamaServer(reply=reply) as server:
+            eval_dir = create_eval(new_settings("ollama", "demo-model", prompt_set, url=server.url), tmp_path / "evals")
+            await run_eval(eval_dir)
+            dirs.append(eval_dir)
+    app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(150, 45)) as pilot:
+        await pilot.press("e", "ctrl+o")
+        assert isinstance(app.screen, EvalsScreen)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 2
+        await pilot.press("enter")
+        assert isinstance(app.screen, EvalResultsScreen)
+        await settle(pilot, lambda: app.screen.query_one("#results", DataTable).row_count == 2)
+        await pilot.press("escape", "space", "space", "v")
+        screen = app.screen
+        assert isinstance(screen, EvalCompareScreen)
+        overall = str(screen.query_one("#compare-overall", Static).render())
+        flips = str(screen.query_one("#compare-flips", Static).render())
+        # Newest first: A is the good eval, B the one that never calls a tool.
+        assert "A " + dirs[1].name in overall and "-100%" in overall
+        assert "broken (passed in A, fail in B): " + ", ".join(sorted(c.id for c in prompt_set.cases)) in flips
+
+
+async def test_evaluate_from_a_checkpoint_files_the_eval_under_its_run(runs_dir):
+    from synaptic_tui.screens.run_view import RunScreen
+
+    run_dir = write_run(runs_dir, "20261122-120000-sft-done", status={"state": "succeeded", "step": 10},
+                        checkpoints=(10,), final=True, metrics=[{"step": 10, "loss": 1.0}])
+    app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(150, 45)) as pilot:
+        app.show_run(run_dir)
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, RunScreen)
+        await pilot.press("enter", "down", "down", "enter")
+        screen = app.screen
+        assert isinstance(screen, EvaluateScreen) and screen.run_dir == run_dir
+        assert "filed under run 20261122-120000-sft-done" in str(screen.query_one("#eval-run", Static).render())
+        assert screen.query_one("#backend", RadioSet).pressed_button.name == "ollama"

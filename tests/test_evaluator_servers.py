@@ -1,0 +1,272 @@
+"""Evals against real servers on loopback: mlx_lm.server with the demo model (OpenAI-compatible), and
+tests/ollama_server.py speaking Ollama's documented API (the real Ollama cannot run here), forwarding to that
+model or scripted to misbehave. The demo model's weights are random: these tests check the pipeline
+(requests, streaming, records, tokens, files, resume), never pass rates of a real answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import EXAMPLES, REPO, write_run
+from ollama_server import OllamaServer
+
+from evaluator.clients import OllamaClient
+from evaluator.prompts import load_prompt_set
+from evaluator.runner import create_eval, load_eval, new_settings, read_results, run_eval
+
+PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_cli(*args: str, module: str = "synaptic_tui.cli", cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="session")
+def mlx_server(demo_model, tmp_path_factory):
+    """mlx_lm.server serving the demo model on a free loopback port, for the whole session."""
+    port = free_port()
+    work = tmp_path_factory.mktemp("mlx-server")
+    # /v1/models scans the HF cache and answers with an empty body when that directory does not exist.
+    (work / "hub").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(work / "hub"), "HF_HOME": str(work / "hf")}
+    log = (work / "server.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model", str(demo_model.resolve()),
+                                "--host", "127.0.0.1", "--port", str(port)], cwd=work, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlx_lm.server exited {process.returncode}: {(work / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/models", trust_env=False, timeout=2).json()["data"]:
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mlx_lm.server did not answer /v1/models in 180 s")
+            time.sleep(0.3)
+        yield {"url": url, "model": str(demo_model.resolve())}
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def small_set(tmp_path) -> Path:
+    """The first four cases of the original prompt set (search, multi-tool, no-tool): quick on a CPU."""
+    cases = json.loads(PROMPTS.read_text())[:4]
+    path = tmp_path / "small.json"
+    path.write_text(json.dumps(cases))
+    return path
+
+
+def check_records(eval_dir: Path, count: int, *, streamed: bool) -> list[dict]:
+    records = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
+    assert len(records) == count
+    for r in records:
+        assert r["error"] is None, r["error"]
+        assert isinstance(r["response"], str) and r["raw"]
+        assert r["latency_s"] > 0 and r["prompt_tokens"] > 0 and 0 < r["completion_tokens"] <= 16
+        assert r["checks"] and all({"name", "passed", "detail"} <= set(c) for c in r["checks"])
+        assert (r["first_token_s"] is not None) == streamed
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["total"] == count and summary["errors"] == 0
+    assert summary["tokens"]["completion"] == sum(r["completion_tokens"] for r in records)
+    assert "## By tag" in (eval_dir / "report.md").read_text()
+    assert load_eval(eval_dir).state == "completed"
+    return records
+
+
+# --- real model servers -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_eval_against_mlx_lm_server(mlx_server, small_set, tmp_path):
+    out = run_cli("eval", "--backend", "openai", "--url", mlx_server["url"], "--model", mlx_server["model"],
+                  "--prompt-set", str(small_set), "--max-tokens", "16", "--concurrency", "2",
+                  "--evals-dir", str(tmp_path / "evals"), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "could not read the model list" not in out.stderr  # the model was found in /v1/models
+    summary = json.loads(out.stdout)
+    eval_dir = Path(summary["eval_dir"])
+    assert eval_dir.parent == tmp_path / "evals" and summary["total"] == 4
+    check_records(eval_dir, 4, streamed=True)
+    settings = json.loads((eval_dir / "eval.json").read_text())["settings"]
+    assert settings["url"] == mlx_server["url"] and settings["max_tokens"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [True, False])
+def test_eval_through_the_ollama_api_backed_by_the_real_model(mlx_server, small_set, tmp_path, runs_dir, stream):
+    run_dir = write_run(runs_dir, "20261120-091500-sft-demo-model", final=True)
+    with OllamaServer({"demo-model:latest": mlx_server["model"]}, upstream=mlx_server["url"]) as server:
+        out = run_cli("run", "--backend", "ollama", "--url", server.url, "--model", "demo-model",
+                      "--prompt-set", str(small_set), "--max-tokens", "16", "--run", "20261120",
+                      "--runs-dir", str(runs_dir), *([] if stream else ["--no-stream"]), module="evaluator", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert len(server.requests) == 4
+        body = server.requests[0]
+        assert body["stream"] is stream and body["options"] == {"temperature": 0.0, "num_predict": 16}
+        assert [t["function"]["name"] for t in body["tools"]][:2] == ["search_notes", "read_note"]
+    evals = list((run_dir / "evals").iterdir())
+    assert len(evals) == 1 and evals[0].name.endswith("-demo-model")
+    check_records(evals[0], 4, streamed=stream)
+    assert json.loads((evals[0] / "eval.json").read_text())["settings"]["run_id"] == run_dir.name
+    assert "passed" in out.stdout and str(evals[0] / "report.md") in out.stdout
+
+
+# --- Ollama API shape and faults (scripted) --------------------------------------------------------
+
+
+def one_case(tmp_path: Path, case_id: str = "case-002") -> Path:
+    case = next(c for c in json.loads(PROMPTS.read_text()) if c["id"] == case_id)
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps([case]))
+    return path
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_native_ollama_tool_calls_are_scored(tmp_path, stream):
+    context = {"sessionId": "sess_e9ff0e", "workspaceId": "ws_0c53"}
+    prompt_set = load_prompt_set(one_case(tmp_path))
+    assert prompt_set.cases[0].expected_context == context
+    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "sourdough",
+                                                                                   "context": context}}]}
+    with OllamaServer(reply=reply) as server:
+        settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, stream=stream)
+        eval_dir = create_eval(settings, tmp_path / "evals")
+        summary = await run_eval(eval_dir)
+    record = read_results(eval_dir)[0]
+    assert record["native_tool_calls"] == [{"function": {"index": 0, **reply["tool_calls"][0]}}]
+    assert record["calls"] == [{**reply["tool_calls"][0], "source": "native"}]
+    assert record["passed"] and summary["pass_rate"] == 1.0
+    assert (record["prompt_tokens"], record["completion_tokens"], record["finish_reason"]) == (11, 3, "stop")
+
+
+async def test_each_fault_is_recorded_and_the_eval_completes(tmp_path):
+    prompt_set = load_prompt_set(PROMPTS)
+    with OllamaServer(reply={"content": "hello"}, hang=3.0) as server:
+        # One request at a time, so the faults meet the cases in order. Retries take faults too:
+        # case 1 gets 500, 500, then an answer.
+        server.faults = ["500", "500", None, "timeout", "malformed", "truncate", "stream_error", None]
+        settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, limit=6, concurrency=1,
+                                timeout=0.5)
+        eval_dir = create_eval(settings, tmp_path / "evals")
+        summary = await run_eval(eval_dir, client=OllamaClient(server.url, timeout=0.5, backoff=0.01))
+    records = {r["id"]: r for r in read_results(eval_dir)}
+    ids = settings.case_ids
+    assert records[ids[0]]["error"] is None and records[ids[0]]["attempts"] == 3
+    expected = {ids[1]: "timeout", ids[2]: "malformed", ids[3]: "truncated", ids[4]: "server"}
+    assert {i: records[i]["error"]["kind"] for i in expected} == expected
+    assert "stream line is not JSON" in records[ids[2]]["error"]["message"]
+    assert "stream ended before its final 'done' message" in records[ids[3]]["error"]["message"]
+    assert "an error was encountered while running the model" in records[ids[4]]["error"]["message"]
+    assert records[ids[5]]["error"] is None
+    assert summary["errors"] == 4 and summary["total"] == 6
+    assert load_eval(eval_dir).state == "completed"
+    report = (eval_dir / "report.md").read_text()
+    assert "## Errors (4)" in report and "[timeout]" in report
+
+
+async def test_non_streaming_malformed_body_and_a_server_that_goes_away(tmp_path):
+    prompt_set = load_prompt_set(PROMPTS)
+    server = OllamaServer(reply={"content": "hello"}).start()
+    server.faults = ["malformed", None, "shutdown"]
+    settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, limit=4, concurrency=1, stream=False)
+    eval_dir = create_eval(settings, tmp_path / "evals")
+    summary = await run_eval(eval_dir, client=OllamaClient(server.url, retries=2, backoff=0.01))
+    records = [{r["id"]: r for r in read_results(eval_dir)}[i] for i in settings.case_ids]
+    assert records[0]["error"]["kind"] == "malformed" and "not JSON" in records[0]["error"]["message"]
+    assert records[1]["error"] is None
+    assert records[2]["error"]["kind"] == "truncated"  # the connection closed with no answer
+    assert records[3]["error"]["kind"] == "connect" and "after 3 attempts" in records[3]["error"]["message"]
+    assert summary["total"] == 4 and load_eval(eval_dir).state == "completed"
+
+
+def test_missing_model_exits_1_with_what_to_pull(tmp_path):
+    with OllamaServer() as server:
+        out = run_cli("eval", "--url", server.url, "--model", "qwen3", "--prompt-set", str(PROMPTS),
+                      "--evals-dir", str(tmp_path / "evals"), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "model 'qwen3' is not served at" in out.stderr and "`ollama pull qwen3`" in out.stderr
+    assert not (tmp_path / "evals").exists()
+
+
+def test_killed_eval_resumes_with_only_the_missing_cases(tmp_path):
+    evals = tmp_path / "evals"
+    with OllamaServer(reply={"content": "hi"}, latency=0.3) as server:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evaluator", "run", "--url", server.url, "--model", "demo-model",
+             "--prompt-set", str(PROMPTS), "--limit", "10", "--concurrency", "1", "--evals-dir", str(evals)],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                results = list(evals.glob("*/results.jsonl"))
+                if results and len(results[0].read_text().splitlines()) >= 3:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the eval never wrote 3 results")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        eval_dir = results[0].parent
+        info = load_eval(eval_dir)
+        assert info.state == "interrupted" and 3 <= info.done < 10 and info.total == 10
+        done = {r["id"] for r in read_results(eval_dir)}
+        settings = info.settings
+        missing = [i for i in settings.case_ids if i not in done]
+        questions = {c.id: (c.system, c.question) for c in load_prompt_set(PROMPTS).cases}
+        server.requests.clear()
+
+        out = run_cli("eval", "--resume", eval_dir.name, "--evals-dir", str(evals), "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        asked = [(b["messages"][0]["content"], b["messages"][-1]["content"]) for b in server.requests]
+    assert sorted(asked) == sorted(questions[i] for i in missing)
+    rows = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(settings.case_ids)
+    assert json.loads(out.stdout)["total"] == 10
+    assert load_eval(eval_dir).state == "completed"
+
+
+def test_compare_from_the_command_line(tmp_path):
+    evals = tmp_path / "evals"
+    with OllamaServer(reply={"content": "Hi! I can search, read and write notes."}) as server:
+        for _ in range(2):
+            out = run_cli("eval", "--url", server.url, "--model", "demo-model", "--prompt-set", str(PROMPTS),
+                          "--tags", "no-tool", "--evals-dir", str(evals), cwd=tmp_path)
+            assert out.returncode == 0, out.stderr
+    a, b = sorted(p.name for p in evals.iterdir())
+    out = run_cli("compare", a, b, "--evals-dir", str(evals), "--json", module="evaluator", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    comparison = json.loads(out.stdout)
+    assert comparison["fixed"] == comparison["broken"] == [] and comparison["per_tag"]["no-tool"]["delta"] == 0.0
+    out = run_cli("eval", "--compare", a, b, "--evals-dir", str(evals), cwd=tmp_path)
+    assert out.returncode == 0 and "fixed (fail -> pass): 0" in out.stdout

@@ -1,0 +1,98 @@
+"""Following files as a trainer writes them: torn lines, garbage, truncation, replacement, late creation."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from synaptic_tui.follow import FileFollower, JsonlFollower
+
+
+def append(path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def test_reads_only_complete_new_lines(tmp_path):
+    path = tmp_path / "train.log"
+    follower = FileFollower(path)
+    assert follower.poll().lines == []  # not there yet
+    append(path, "one\ntwo\nthr")
+    assert follower.poll().lines == ["one", "two"]
+    assert follower.poll().lines == []
+    append(path, "ee\r\nfour\n")
+    assert follower.poll().lines == ["three", "four"]
+    assert follower.offset == path.stat().st_size
+
+
+def test_jsonl_skips_and_counts_garbage_and_keeps_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    follower = JsonlFollower(path)
+    append(path, '{"step": 1, "loss": 2.0}\nnot json\n[1, 2]\n\n{"step": 2, "lo')
+    records, reset, more = follower.poll_records()
+    assert records == [{"step": 1, "loss": 2.0}] and not reset and not more
+    assert follower.skipped == 2
+    append(path, 'ss": 1.5}\n')
+    assert follower.poll_records()[0] == [{"step": 2, "loss": 1.5}]
+
+
+def test_truncation_starts_over_and_says_so(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    follower = JsonlFollower(path)
+    append(path, "".join(json.dumps({"step": i}) + "\n" for i in range(1, 6)))
+    assert len(follower.poll_records()[0]) == 5
+    path.write_text(json.dumps({"step": 1, "again": True}) + "\n")
+    records, reset, _ = follower.poll_records()
+    assert reset and records == [{"step": 1, "again": True}]
+
+
+def test_replacement_by_rename_is_noticed_even_when_bigger(tmp_path):
+    path = tmp_path / "train.log"
+    follower = FileFollower(path)
+    append(path, "old 1\nold 2\n")
+    assert follower.poll().lines == ["old 1", "old 2"]
+    fresh = tmp_path / "train.log.new"
+    fresh.write_text("new 1\nnew 2\nnew 3\nnew 4\n")
+    os.replace(fresh, path)  # log rotation: a new file under the same name
+    update = follower.poll()
+    assert update.reset and update.lines == ["new 1", "new 2", "new 3", "new 4"]
+
+
+def test_large_file_then_small_append_reads_only_the_append(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "loss": 1.0}) + "\n" for i in range(50_000)))
+    follower = JsonlFollower(path)
+    first, _, more = follower.poll_records(max_bytes=100_000)
+    assert more and 0 < len(first) < 50_000, "a big backlog comes a chunk at a time"
+    assert len(first) + len(follower.read_all()) == 50_000
+    before = follower.offset
+    append(path, json.dumps({"step": 50_000, "loss": 0.5}) + "\n")
+    records, _, _ = follower.poll_records()
+    assert records == [{"step": 50_000, "loss": 0.5}]
+    assert follower.offset - before == len(json.dumps({"step": 50_000, "loss": 0.5})) + 1
+
+
+def test_run_metrics_stay_bounded_and_exact_at_checkpoints():
+    from synaptic_tui.monitor import RunMetrics
+    from synaptic_tui.runs import Checkpoint
+
+    metrics = RunMetrics("kto", save_steps=100, max_points=50)
+    records = []
+    for step in range(1, 5001):
+        record = {"step": step, "loss": 1.0 / step, "kl": 0.1, "rewards/margins": step / 1000}
+        if step % 7 == 0:
+            record["rewards/chosen"] = step  # only on some lines, as KTO logs it
+        records.append(record)
+    metrics.add(records)
+    assert len(metrics.series["loss"].values) <= 100 and metrics.series["loss"].steps[0] == 1
+    assert len(metrics.saved) == 50 and len(metrics.recent) == 512
+    # At a save step, far back: the saved snapshot, with the last chosen seen before it.
+    assert metrics.metrics_at(700) == {"step": 700, "loss": 1 / 700, "kl": 0.1, "rewards/margins": 0.7,
+                                       "rewards/chosen": 700}
+    # An unexpected checkpoint step inside the recent window (a cancel) is exact too.
+    assert metrics.metrics_at(4999)["rewards/chosen"] == 4998 and metrics.metrics_at(4999)["loss"] == 1 / 4999
+    # Before any save step and before the window: nothing known.
+    assert metrics.metrics_at(50) == {}
+    rows, best = metrics.checkpoint_rows([Checkpoint("checkpoint-700", None, 700),
+                                          Checkpoint("checkpoint-4999", None, 4999)])
+    assert [round(r.score, 3) for r in rows] == [7.0, 49.99] and best == "checkpoint-4999"

@@ -1,0 +1,229 @@
+"""Pipelines: configs checked before anything runs; real stages on CPU, stopped and resumed without redoing work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EXAMPLES, REPO
+
+from synaptic_tui.config import ConfigError, load_config
+from synaptic_tui.pipeline import read_pipeline
+from synaptic_tui.runs import read_status
+
+
+def cli(*args: str, runs_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synaptic_tui", *args, "--runs-dir", str(runs_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(path: Path, pipeline: dict, **top) -> Path:
+    config = {"method": "sft", "platform": "cpu", "model": {"name": "demo", "max_seq_length": 2048},
+              "dataset": {"path": str(EXAMPLES / "data" / "sft_tool_calls.jsonl"), "test_size": 0},
+              "lora": {"r": 8, "alpha": 16}, **top, "pipeline": pipeline}
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("pipeline, expected", [
+    ({"sfft": {}}, "pipeline.sfft: unknown key; did you mean 'sft'?"),
+    ({"sft": {}, "eval": {"backend": "openai", "model": "m"}}, "pipeline.eval.prompt_set: is required"),
+    ({"sft": {}, "export": {}, "upload": {}}, "pipeline.upload.repo_id: is required"),
+    ({"sft": {}, "upload": {"repo_id": "me/x"}}, "pipeline.upload: uploads what the export stage writes"),
+    ({"sft": {"training": {"learning_rate": -1}}}, "pipeline.sft.training.learning_rate: must be > 0"),
+    ({"kto": {"start_from": "sft"}}, "pipeline.kto.start_from: is sft but the pipeline has no sft stage"),
+    ({"kto": {"training": {"per_device_train_batch_size": 1}}},
+     "pipeline.kto.training.per_device_train_batch_size: KTO needs at least 2 rows per batch"),
+    ({"select": {}}, "pipeline.select: needs an sft or kto stage before it"),
+    ({"sft": {}, "export": {"formats": ["gguf"]}}, "pipeline.export.formats.0: must be one of"),
+    ({"sft": {}, "export": {"formats": ["lora"]}, "eval": {"prompt_set": "p.json"}},
+     "pipeline.eval.backend: local serves the merged-16bit export"),
+    ({}, "pipeline: has no stages"),
+])
+def test_bad_pipeline_configs_name_the_field_and_line(tmp_path, pipeline, expected):
+    path = write_config(tmp_path / "pipe.yaml", pipeline)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert expected in message
+    assert message.startswith(f"{path}:")  # with the line the YAML puts that key on
+
+
+def test_bad_pipeline_config_on_the_cli_starts_nothing(tmp_path, runs_dir):
+    path = write_config(tmp_path / "pipe.yaml", {"sft": {}, "upload": {"repo_id": "not a repo"}})
+    out = cli("pipeline", "--config", str(path), runs_dir=runs_dir)
+    assert out.returncode == 2
+    assert "pipeline.upload.repo_id: must look like owner/name" in out.stderr
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+    out = cli("pipeline", "--config", str(EXAMPLES / "configs" / "sft.yaml"), runs_dir=runs_dir)
+    assert out.returncode == 2 and "pipeline: is required" in out.stderr
+
+
+def test_stage_overrides_apply_to_their_stage_only(tmp_path):
+    from synaptic_tui.config import stage_config
+
+    config = load_config(write_config(tmp_path / "pipe.yaml", {
+        "sft": {"training": {"max_steps": 3}},
+        "kto": {"start_from": str(tmp_path), "dataset": {"path": "kto.jsonl"}, "training": {"per_device_train_batch_size": 4}},
+    }, training={"learning_rate": 1e-4, "max_steps": 50}))
+    sft, kto = stage_config(config, "sft"), stage_config(config, "kto")
+    assert (sft["method"], sft["training"]["max_steps"], sft["training"]["learning_rate"]) == ("sft", 3, 1e-4)
+    assert (kto["method"], kto["training"]["max_steps"], kto["training"]["per_device_train_batch_size"]) == ("kto", 50, 4)
+    assert kto["dataset"]["path"] == str(tmp_path / "kto.jsonl")  # relative to the config file
+    assert kto["model"]["name"] == str(tmp_path)
+    assert "pipeline" not in sft and "pipeline" not in kto
+
+
+def wait_for(predicate, timeout: float = 300, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+def test_pipeline_stopped_mid_kto_resumes_without_redoing_sft(demo_model, runs_dir, tmp_path):
+    path = write_config(tmp_path / "pipe.yaml", {
+        "sft": {"training": {"max_steps": 2, "save_steps": 2}},
+        "kto": {"start_from": str(demo_model), "dataset": {"path": str(EXAMPLES / "data" / "kto_tool_calls.jsonl")},
+                "training": {"max_steps": 16, "save_steps": 2, "per_device_train_batch_size": 2,
+                             "learning_rate": 5e-5}},
+        "select": {"checkpoint": "best"},
+    }, training={"logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-4})
+    out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    pipeline_dir = Path(json.loads(out.stdout)["path"])
+    assert [s.name for s in read_pipeline(pipeline_dir).stages] == ["sft", "kto", "select"]
+
+    # Stop it once KTO has saved a checkpoint.
+    def kto_checkpointed():
+        kto = read_pipeline(pipeline_dir).stage("kto")
+        status = read_status(runs_dir / kto.run_id) if kto.run_id else None
+        return status is not None and status.last_checkpoint and kto.run_id
+    kto_run = wait_for(kto_checkpointed)
+    out = cli("pipeline", "cancel", pipeline_dir.name, runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    state = wait_for(lambda: (s := read_pipeline(pipeline_dir)).finished and s)
+    assert state.state == "cancelled"
+    assert [(s.name, s.state) for s in state.stages] == [("sft", "succeeded"), ("kto", "cancelled"), ("select", "pending")]
+    sft_run = runs_dir / state.stage("sft").run_id
+    sft_before = (read_status(sft_run).ended_at, (sft_run / "metrics.jsonl").read_text())
+    stopped_at = read_status(runs_dir / kto_run)
+    assert stopped_at.state == "cancelled" and stopped_at.step < 16
+
+    out = cli("pipeline", "resume", pipeline_dir.name, "--wait", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr + (pipeline_dir / "pipeline.log").read_text()
+    state = read_pipeline(pipeline_dir)
+    assert state.state == "succeeded"
+    assert [(s.name, s.state) for s in state.stages] == [("sft", "succeeded"), ("kto", "succeeded"), ("select", "succeeded")]
+    # SFT was not run again; KTO went on in the same run, from its checkpoint, to its last step.
+    assert (read_status(sft_run).ended_at, (sft_run / "metrics.jsonl").read_text()) == sft_before
+    assert state.stage("kto").run_id == kto_run
+    kto_status = read_status(runs_dir / kto_run)
+    assert (kto_status.state, kto_status.step) == ("succeeded", 16)
+    steps = [json.loads(line)["step"] for line in (runs_dir / kto_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 16 and steps[0] == 1
+    select = state.stage("select").result
+    assert select["run_id"] == kto_run and select["checkpoint"] == kto_status.extra["best_checkpoint"]
+    shown = cli("pipeline", "show", pipeline_dir.name, runs_dir=runs_dir)
+    assert "succeeded" in shown.stdout and f"checkpoint {select['checkpoint']}" in shown.stdout
+    listed = json.loads(cli("pipeline", "list", "--json", runs_dir=runs_dir).stdout)
+    assert [p["pipeline_id"] for p in listed] == [pipeline_dir.name]
+    # The pipeline's directory is not mistaken for a run.
+    runs = json.loads(cli("runs", "list", "--json", runs_dir=runs_dir).stdout)
+    assert sorted(r["run_id"] for r in runs) == sorted([sft_run.name, kto_run])
+
+
+def write_pipeline_fixture(runs_dir: Path) -> Path:
+    from conftest import write_run
+
+    from synaptic_tui.pipeline import PipelineState, StageState, write_pipeline
+
+    write_run(runs_dir, "20261122-090100-sft-demo", status={"state": "succeeded", "step": 20, "max_steps": 20,
+                                                             "best_checkpoint": "checkpoint-20"}, checkpoints=(10, 20))
+    write_run(runs_dir, "20261122-091000-kto-demo", status={"state": "running", "step": 4, "max_steps": 20},
+              checkpoints=(2, 4))
+    pipeline_dir = runs_dir / "20261122-090000-pipeline-demo"
+    pipeline_dir.mkdir()
+    state = PipelineState("20261122-090000-pipeline-demo", state="running", started_at="2026-11-22T09:00:00+00:00", stages=[
+        StageState("sft", "succeeded", "20261122-090100-sft-demo", "2026-11-22T09:01:00+00:00", "2026-11-22T09:10:00+00:00",
+                   result={"run_id": "20261122-090100-sft-demo", "best_checkpoint": "checkpoint-20", "steps": 20}),
+        StageState("kto", "running", "20261122-091000-kto-demo", "2026-11-22T09:10:00+00:00"),
+        StageState("select"),
+    ])
+    write_pipeline(pipeline_dir, state)
+    return pipeline_dir
+
+
+async def test_pipeline_screens_follow_the_stages_and_open_their_runs(runs_dir):
+    from textual.widgets import DataTable, Static
+
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.pipeline import write_pipeline
+    from synaptic_tui.screens.pipelines import PipelineScreen, PipelinesScreen
+    from synaptic_tui.screens.run_view import RunScreen
+    from synaptic_tui.services import Services
+
+    pipeline_dir = write_pipeline_fixture(runs_dir)
+    app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("p")
+        assert isinstance(app.screen, PipelinesScreen)
+        table = app.screen.query_one(DataTable)
+        # No launch record: never guessed dead, shown as written.
+        assert [str(c) for c in table.get_row_at(0)][:3] == [pipeline_dir.name, "running",
+                                                           "sft:succeeded kto:running select:pending"]
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, PipelineScreen)
+        stages = screen.query_one("#stages", DataTable)
+        assert [str(stages.get_cell(n, "state")) for n in ("sft", "kto", "select")] == ["succeeded", "running", "pending"]
+        assert stages.get_cell("sft", "result") == "20261122-090100-sft-demo  best checkpoint-20"
+        assert stages.get_cell("sft", "duration") == "9m00s"
+        assert "1/3 stages" in str(screen.query_one("#pipeline-state", Static).render())
+
+        # The runner moves on: the screen follows pipeline.json.
+        from synaptic_tui.pipeline import read_pipeline
+        state = read_pipeline(pipeline_dir)
+        state.stages[1].state, state.stages[1].ended_at = "failed", "2026-11-22T09:12:00+00:00"
+        state.stages[1].error = "run 20261122-091000-kto-demo failed: CUDA out of memory"
+        state.state, state.error = "failed", "kto: run 20261122-091000-kto-demo failed: CUDA out of memory"
+        write_pipeline(pipeline_dir, state)
+        for _ in range(40):
+            await pilot.pause(0.05)
+            if stages.get_cell("kto", "state") == "failed":
+                break
+        assert stages.get_cell("kto", "state") == "failed"
+        assert stages.get_cell("kto", "result").endswith("CUDA out of memory")
+        assert "CUDA out of memory" in str(screen.query_one("#pipeline-state", Static).render())
+
+        await pilot.press("c")  # not running any more: says so, asks nothing
+        assert app.screen is screen
+        await pilot.press("down", "enter")
+        assert isinstance(app.screen, RunScreen) and app.screen.run_dir.name == "20261122-091000-kto-demo"
+
+
+def test_eval_stage_serves_the_model_itself_and_evaluates_it(demo_model, runs_dir, tmp_path):
+    cases = json.loads((EXAMPLES / "prompts" / "tool_calling.json").read_text())[:2]
+    (tmp_path / "two.json").write_text(json.dumps(cases))
+    path = write_config(tmp_path / "pipe.yaml", {"eval": {"backend": "local", "prompt_set": "two.json",
+                                                          "max_tokens": 8, "concurrency": 2}})
+    out = cli("pipeline", "--config", str(path), "--wait", "--json", runs_dir=runs_dir)
+    pipeline_dir = Path(json.loads(out.stdout)["path"])
+    assert out.returncode == 0, (pipeline_dir / "pipeline.log").read_text()
+    result = read_pipeline(pipeline_dir).stage("eval").result
+    eval_dir = Path(result["eval_dir"])
+    assert eval_dir.parent == pipeline_dir / "evals"
+    records = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
+    # A random-weight model answers gibberish: what matters is that a real server answered every case.
+    assert sorted(r["id"] for r in records) == [c["id"] for c in cases]
+    assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
+    assert result["total"] == 2 and result["pass_rate"] is not None
+    assert "serving" in (pipeline_dir / "pipeline.log").read_text()

@@ -1,0 +1,155 @@
+"""Snapshot tests: one per screen, on fixture runs with fixed times (TZ=UTC in conftest)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+
+from synaptic_tui.app import SynapticApp
+from synaptic_tui.doctor import Check
+from synaptic_tui.services import Services
+
+SIZE = (120, 40)
+
+
+async def fixed_doctor(runs_dir):
+    return [
+        Check("Python", "ok", "3.11.7 (/usr/bin/python3)", {}),
+        Check("Extras", "ok", "train: torch 2.13.0, transformers 5.23.0; mlx: mlx 0.32.4", {}),
+        Check("CUDA", "info", "no NVIDIA GPU (nvidia-smi not found)", {}),
+        Check("MLX", "ok", "Device(cpu, 0)", {}),
+        Check("Disk", "ok", "120.0 GB free", {}),
+        Check("Ollama", "info", "not reachable at http://127.0.0.1:11434", {}),
+        Check("HF token", "warn", "not set", {}),
+    ]
+
+
+def fixed_preflight(config, runs_dir):
+    from synaptic_tui.preflight import PreflightReport
+
+    report = PreflightReport(parameters=320320, trainable_parameters=16384, memory_needed_gb=0.32,
+                             memory_available_gb=23.1, memory_kind="RAM", rows=100,
+                             token_stats={"rows": 100, "mean": 1721.0, "p50": 1716, "p95": 1855, "max": 1877,
+                                          "max_length": 2048, "over_max": 0, "nothing_to_learn": 0})
+    report.add("info", "dataset", "100 rows, 97 tool calls")
+    return report
+
+
+@pytest.fixture
+def app_on(monkeypatch):
+    def make(runs_dir, cwd=None):
+        monkeypatch.chdir(cwd or runs_dir.parent)
+        return SynapticApp(Services.create(runs_dir, doctor=fixed_doctor, preflight=fixed_preflight))
+
+    return make
+
+
+def test_home_with_runs(snap_compare, app_on, sample_runs):
+    assert snap_compare(app_on(sample_runs), terminal_size=SIZE)
+
+
+def test_home_empty(snap_compare, app_on, runs_dir):
+    assert snap_compare(app_on(runs_dir), terminal_size=SIZE)
+
+
+def test_home_80x24(snap_compare, app_on, sample_runs):
+    assert snap_compare(app_on(sample_runs), terminal_size=(80, 24))
+
+
+def test_runs_screen(snap_compare, app_on, sample_runs):
+    assert snap_compare(app_on(sample_runs), press=["r"], terminal_size=SIZE)
+
+
+def test_help_screen(snap_compare, app_on, runs_dir):
+    assert snap_compare(app_on(runs_dir), press=["f1"], terminal_size=SIZE)
+
+
+def test_doctor_screen(snap_compare, app_on, runs_dir):
+    async def run_before(pilot):
+        await pilot.press("d")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+    assert snap_compare(app_on(runs_dir), run_before=run_before, terminal_size=SIZE)
+
+
+def test_new_run_screen(snap_compare, app_on):
+    # From the repository root, as a user starts it, so the default config's paths read relative.
+    async def run_before(pilot):
+        await pilot.press("n")
+        while pilot.app.screen.report is None:
+            await pilot.pause(0.05)
+        await pilot.pause()
+
+    assert snap_compare(app_on(REPO / "runs", cwd=REPO), run_before=run_before, terminal_size=SIZE)
+
+
+def test_upload_screen(snap_compare, app_on, runs_dir):
+    assert snap_compare(app_on(runs_dir), press=["u"], terminal_size=SIZE)
+
+
+def test_evaluate_screen(snap_compare, app_on, runs_dir):
+    async def run_before(pilot):
+        from textual.widgets import Input, Static
+
+        await pilot.press("e")
+        screen = pilot.app.screen
+        url = screen.query_one("#url", Input)
+        url.value = "http://127.0.0.1:9"  # discard port: refused at once, the same on every machine
+        url.focus()
+        await pilot.press("enter")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "not reachable" in str(screen.query_one("#reach", Static).render()):
+                break
+
+    assert snap_compare(app_on(REPO / "runs", cwd=REPO), run_before=run_before, terminal_size=SIZE)
+
+
+def test_run_screen(snap_compare, app_on, sample_runs):
+    (sample_runs / "20261121-101000-kto-demo-model" / "train.log").write_text(
+        "[synaptic] 100 KTO rows from data/kto.jsonl: 57 desirable, 43 undesirable\n"
+        "torch.OutOfMemoryError: CUDA out of memory\n")
+    (sample_runs / "20261121-101000-kto-demo-model" / "metrics.jsonl").write_text(
+        '{"step": 12, "loss": 0.4871, "kl": 0.02, "rewards/margins": 0.31, "learning_rate": 5e-05}\n')
+    assert snap_compare(app_on(sample_runs), press=["r", "down", "enter"], terminal_size=SIZE)
+
+
+def test_run_screen_sft_with_checkpoints(snap_compare, app_on, runs_dir):
+    from conftest import write_run
+
+    metrics = [{"step": s, "time": 1000.0 + s, "loss": 2.0 - s / 40, "learning_rate": 2e-4 * (1 - s / 60),
+                "grad_norm": 0.5 + (s % 7) / 10} for s in range(1, 61)]
+    metrics += [{"step": s, "eval_loss": 2.1 - s / 50} for s in (20, 40, 60)]
+    metrics.sort(key=lambda r: r["step"])
+    write_run(runs_dir, "20261120-091500-sft-demo-model",
+              status={"state": "succeeded", "step": 60, "max_steps": 60, "engine": "transformers",
+                      "started_at": "2026-11-20T09:15:00+00:00", "ended_at": "2026-11-20T09:21:30+00:00"},
+              config={"training": {"save_steps": 20}}, checkpoints=(20, 40, 60), final=True, metrics=metrics)
+    assert snap_compare(app_on(runs_dir), press=["r", "enter"], terminal_size=SIZE)
+
+
+def test_compare_screen(snap_compare, app_on, runs_dir):
+    from conftest import write_run
+
+    for run_id, lr, slope in (("20261120-091500-sft-lr2e-4", 2e-4, 1 / 40), ("20261121-101000-sft-lr5e-5", 5e-5, 1 / 120)):
+        write_run(runs_dir, run_id,
+                  status={"state": "succeeded", "step": 60, "max_steps": 60, "best_checkpoint": "checkpoint-60"},
+                  config={"training": {"learning_rate": lr, "max_steps": 60, "save_steps": 20}, "lora": {"r": 16}},
+                  checkpoints=(20, 40, 60),
+                  metrics=[{"step": s, "loss": 2.0 - s * slope} for s in range(1, 61)])
+    assert snap_compare(app_on(runs_dir), press=["r", "space", "space", "v"], terminal_size=SIZE)
+
+
+def test_pipeline_screen(snap_compare, app_on, runs_dir):
+    from test_pipeline import write_pipeline_fixture
+
+    from synaptic_tui.pipeline import read_pipeline, write_pipeline
+
+    pipeline_dir = write_pipeline_fixture(runs_dir)
+    state = read_pipeline(pipeline_dir)  # finished, so no duration depends on the clock
+    state.state, state.ended_at, state.error = "failed", "2026-11-22T09:12:00+00:00", "kto: run failed: CUDA out of memory"
+    state.stages[1].state, state.stages[1].ended_at = "failed", "2026-11-22T09:12:00+00:00"
+    state.stages[1].error = "run 20261122-091000-kto-demo failed: CUDA out of memory"
+    write_pipeline(pipeline_dir, state)
+    assert snap_compare(app_on(runs_dir), press=["p", "enter"], terminal_size=SIZE)

@@ -1,0 +1,1 @@
+"""Training programs the app launches as subprocesses (python -m trainers.<name>)."""

@@ -1,0 +1,223 @@
+"""What every trainer shares: the run directory it writes, its metrics callback, and a clean stop.
+
+The trainer is the only writer of its run directory while it runs:
+status.json (atomically), metrics.jsonl (one flushed line per log event),
+checkpoints/checkpoint-N and final/. SIGTERM or SIGINT finishes the current
+step, saves a checkpoint and ends the run `cancelled`; a crash ends it
+`failed` with the last lines of the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from synaptic_tui.follow import JsonlFollower
+from synaptic_tui.runs import RunStatus, read_run_config, read_status, utc_now, write_status
+from synaptic_tui.scoring import best_step, metrics_at
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# Progress bars write carriage returns into train.log; our status.json and metrics carry progress.
+for _name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+    os.environ.setdefault(_name, "1")
+
+
+def parse_args(argv: list[str] | None = None, description: str = "") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run directory (holds run.yaml)")
+    parser.add_argument("--resume-from", metavar="CHECKPOINT", help="checkpoint-N to continue from")
+    return parser.parse_args(argv)
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or a single process): only it writes the run directory."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the training loop checks it after each step. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def install(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        print(f"[synaptic] {self.signal_name} received: finishing this step, saving a checkpoint, then stopping",
+              file=sys.stderr, flush=True)
+
+
+class RunWriter:
+    """The run directory, as written by the trainer."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = read_run_config(self.run_dir)
+        if not self.config:
+            raise SystemExit(f"{self.run_dir / 'run.yaml'}: missing or unreadable; is this a run directory?")
+        self.method = str(self.config.get("method", "sft"))
+        self.status = read_status(self.run_dir) or RunStatus()
+        self.main = is_main_process()
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") if self.main else None
+        self.history: list[dict[str, Any]] = self._read_history()
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.run_dir / "final"
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        """Metrics already logged (a resumed run), so the best checkpoint is judged over the whole run."""
+        return JsonlFollower(self.run_dir / "metrics.jsonl").read_all()
+
+    def update(self, **fields: Any) -> None:
+        if not self.main:
+            return
+        for key, value in fields.items():
+            if key in RunStatus.__dataclass_fields__:
+                setattr(self.status, key, value)
+            else:
+                self.status.extra[key] = value
+        write_status(self.run_dir, self.status)
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record, default=float) + "\n")
+            self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+
+
+def make_callback(writer: RunWriter, stop: StopRequest):
+    """A transformers TrainerCallback bound to this run (built here so the module imports without transformers)."""
+    from transformers import TrainerCallback
+
+    class SynapticCallback(TrainerCallback):
+        def __init__(self) -> None:
+            # Checkpoints on disk (a resumed run has some) plus the ones this run saves.
+            self.saved = {int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
+                          if p.name.split("-")[1].isdigit()}
+            self.best_step = self._best()
+            self._last_status_write = 0.0
+
+        def _best(self) -> int | None:
+            return best_step(writer.method, {step: metrics_at(step, writer.history) for step in self.saved})
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            writer.update(state="running", max_steps=state.max_steps, step=state.global_step)
+            if self.best_step is not None:
+                state.best_global_step = self.best_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested:
+                control.should_save = True
+                control.should_training_stop = True
+            now = time.monotonic()
+            if now - self._last_status_write >= 1.0:
+                self._last_status_write = now
+                writer.update(step=state.global_step, max_steps=state.max_steps)
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # Every rank keeps the history and the best step: transformers waits on a barrier
+            # before protecting best_global_step, so all ranks must agree on it. Only rank 0 writes.
+            if not logs:
+                return
+            record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+            record.update({k: v for k, v in logs.items() if k not in record})
+            writer.log_metrics(record)
+            # Checkpoints are saved right after this log in the same step: point transformers at
+            # our best so its save_total_limit rotation never deletes it.
+            if control.should_save:
+                self.saved = {step for step in self.saved
+                              if (writer.checkpoints_dir / f"checkpoint-{step}").is_dir()} | {state.global_step}
+                self.best_step = self._best()
+                if self.best_step is not None:
+                    state.best_global_step = self.best_step
+            writer.update(step=state.global_step, max_steps=state.max_steps)
+
+        def on_save(self, args, state, control, **kwargs):
+            best = f"checkpoint-{self.best_step}" if self.best_step is not None else None
+            writer.update(step=state.global_step, last_checkpoint=f"checkpoint-{state.global_step}",
+                          best_checkpoint=best)
+
+    return SynapticCallback()
+
+
+def run_training(description: str, train: Callable[[RunWriter, StopRequest, argparse.Namespace], str],
+                 argv: list[str] | None = None) -> int:
+    """Run `train` with the run-directory bookkeeping around it; returns the process exit code.
+
+    `train` returns the engine it used; it ends early (without raising) when a stop was requested.
+    """
+    args = parse_args(argv, description)
+    writer = RunWriter(args.run_dir)
+    stop = StopRequest().install()
+    started = writer.status.started_at if args.resume_from else None
+    writer.update(state="running", pid=os.getpid(), pgid=os.getpgrp(), started_at=started or utc_now(),
+                  ended_at=None, exit_code=None, error=None)
+    try:
+        engine = train(writer, stop, args)
+    except BaseException as exc:  # every way out must leave a final state behind
+        cancelled = isinstance(exc, KeyboardInterrupt)
+        tail = "".join(traceback.format_exception(exc)[-8:]).strip()
+        writer.update(state="cancelled" if cancelled else "failed", ended_at=utc_now(),
+                      exit_code=EXIT_OK if cancelled else EXIT_FAILED, error=None if cancelled else tail[-4000:])
+        writer.close()
+        if cancelled:
+            return EXIT_OK
+        traceback.print_exception(exc)
+        return EXIT_FAILED
+    final_state = "cancelled" if stop.requested else "succeeded"
+    writer.update(state=final_state, ended_at=utc_now(), exit_code=EXIT_OK, engine=engine)
+    writer.close()
+    print(f"[synaptic] run {final_state}: {writer.run_dir}", flush=True)
+    return EXIT_OK
+
+
+def load_datasets(writer: RunWriter, method: str):
+    """(train, eval or None) from the run's dataset, checked row by row, summarised in train.log."""
+    from trainers.data import load_rows
+    from trainers.datasets_hf import split, to_dataset
+
+    dataset = writer.config.get("dataset") or {}
+    rows, report = load_rows(dataset["path"], method, max_rows=dataset.get("max_rows"))
+    balance = f": {report.desirable} desirable, {report.undesirable} undesirable" if method == "kto" else ""
+    print(f"[synaptic] {report.rows} {method.upper()} rows from {report.path} ({report.tool_calls} tool calls){balance}",
+          flush=True)
+    for warning in report.warnings:
+        print(f"[synaptic] warning: {warning}", flush=True)
+    seed = int((writer.config.get("training") or {}).get("seed", 42))
+    return split(to_dataset(rows, method), float(dataset.get("test_size") or 0), seed)
+
+
+def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: str | None) -> None:
+    """Train (resuming from a checkpoint if asked) and save the final adapter unless stopped early."""
+    resume = str(writer.checkpoints_dir / resume_from) if resume_from else None
+    trainer.train(resume_from_checkpoint=resume)
+    if not stop.requested:
+        trainer.save_model(str(writer.final_dir))
+        tokenizer.save_pretrained(str(writer.final_dir))
