@@ -139,6 +139,10 @@ class _HTTPBackend:
             return BackendError("timeout", f"no answer from {where} in time ({type(exc).__name__})")
         if isinstance(exc, httpx.RemoteProtocolError):
             return BackendError("truncated", f"{where} closed the connection mid-response: {exc}")
+        if isinstance(exc, httpx.NetworkError):
+            # A pooled keep-alive connection to a server that went away fails on read or write,
+            # not on connect; a fresh attempt then tells whether anything is listening.
+            return BackendError("connect", f"lost the connection to {where}: {type(exc).__name__}", retryable=True)
         return BackendError("connect", f"{where}: {type(exc).__name__}: {exc}")
 
     def _check_status(self, response: httpx.Response, path: str) -> None:
