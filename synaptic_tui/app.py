@@ -59,7 +59,6 @@ class SynapticApp(App[int]):
         return HomeScreen()
 
     def make_screen(self, name: str) -> Screen:
-        from synaptic_tui.screens.coming import ComingScreen
         from synaptic_tui.screens.doctor import DoctorScreen
         from synaptic_tui.screens.new_run import NewRunScreen
         from synaptic_tui.screens.runs import RunsScreen
@@ -75,11 +74,9 @@ class SynapticApp(App[int]):
 
             return PipelinesScreen()
         if name == "upload":
-            return ComingScreen(
-                "Upload",
-                "Exporting (LoRA, merged 16-bit, merged 4-bit, GGUF), the model card and the push to the "
-                "Hugging Face Hub arrive with the export and upload issue (#6).",
-            )
+            from synaptic_tui.screens.upload import UploadScreen
+
+            return UploadScreen()
         if name == "evaluate":
             from synaptic_tui.screens.evaluate import EvaluateScreen
 

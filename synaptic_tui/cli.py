@@ -23,13 +23,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad input, or a feature that has not landed yet
 EXIT_CANCELLED = 3  # `train --wait` on a run that was cancelled
 
-# Subcommands whose feature is still being built, and the issue that brings it.
-NOT_YET = {
-    "export": "exporting arrives with the export and upload issue (#6)",
-    "upload": "uploading arrives with the export and upload issue (#6)",
-}
-
-
 class UsageError(Exception):
     """Bad input from the user: printed as one clear message, exit code 2."""
 
@@ -509,9 +502,99 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval_command(args, resolve_runs_dir(args.runs_dir))
 
 
-def not_yet(command: str) -> int:
-    print(f"synaptic-tui {command}: not available yet: {NOT_YET[command]}.", file=sys.stderr)
-    return EXIT_USAGE
+def _export_progress(quiet: bool):
+    def show(event: dict[str, Any]) -> None:
+        if quiet:
+            return
+        kind = event.get("event")
+        if kind == "start":
+            print(f"exporting {', '.join(event['formats'])} of {event['run_id']} {event['checkpoint']}", file=sys.stderr)
+        elif kind == "step":
+            print(f"  [{event.get('format') or 'export'}] {event.get('message')}", file=sys.stderr)
+        elif kind == "done":
+            print(format_export(event.get("record") or {}))
+    return show
+
+
+def format_export(record: dict[str, Any]) -> str:
+    from synaptic_tui.exporting import human_bytes
+
+    verify = record.get("verify") or {}
+    tools = verify.get("tools_in_template")
+    checks = ", ".join(f"{k}: {v}" for k, v in verify.items() if k not in ("sample", "tools_in_template"))
+    lines = [f"{record.get('format', '?'):<13} {record.get('path')}  ({human_bytes(record.get('size_bytes') or 0)})",
+             f"              verified: {checks or 'yes'}"]
+    if tools is not None:
+        lines.append(f"              chat template renders tools: {'yes' if tools else 'NO (tool calling will not work)'}")
+    if record.get("ollama_create"):
+        lines.append(f"              ollama: {record['ollama_create']}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from synaptic_tui.exporting import ExportError, ExportRequest, order_formats, resolve_checkpoint, run_export
+
+    run = find_run(resolve_runs_dir(args.runs_dir), args.run)
+    try:
+        formats = order_formats(args.formats or [])
+        checkpoint = resolve_checkpoint(run, args.checkpoint)
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        result = run_export(ExportRequest(run, checkpoint, formats), on_event=_export_progress(args.json))
+    except KeyboardInterrupt:
+        print("export stopped; finished formats were kept", file=sys.stderr)
+        return EXIT_CANCELLED
+    if args.json:
+        _print_json({"run_id": run.run_id, "checkpoint": checkpoint, "exit_code": result.exit_code,
+                     "error": result.error, "exports": result.exports})
+    elif result.error:
+        print(f"synaptic-tui export: {result.error}", file=sys.stderr)
+    return {0: EXIT_OK, 2: EXIT_USAGE, 3: EXIT_CANCELLED}.get(result.exit_code, EXIT_FAILED)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from synaptic_tui.exporting import ExportError, ExportRequest, resolve_checkpoint, run_export
+    from synaptic_tui.upload import UploadError, plan_upload, refresh_plan, upload
+
+    run = find_run(resolve_runs_dir(args.runs_dir), args.run)
+    try:
+        checkpoint = resolve_checkpoint(run, args.checkpoint)
+        plan = plan_upload(run, checkpoint, args.formats or ["lora"], args.repo_id, private=not args.public)
+    except (ExportError, UploadError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.dry_run:
+        if args.json:
+            _print_json({**plan.to_json(), "dry_run": True})
+        else:
+            print(plan.describe())
+            print("\n--- README.md (model card) ---")
+            print(plan.card)
+            print("dry run: nothing exported or uploaded")
+        return EXIT_OK
+    quiet = args.json
+    if plan.to_export:
+        result = run_export(ExportRequest(run, checkpoint, plan.to_export), on_event=_export_progress(quiet))
+        if result.exit_code != 0:
+            print(f"synaptic-tui upload: export failed: {result.error}", file=sys.stderr)
+            return EXIT_FAILED
+        plan = refresh_plan(plan)
+    say = (lambda message: None) if quiet else (lambda message: print(message, file=sys.stderr))
+    try:
+        commits = upload(plan, say)
+    except UploadError as exc:
+        if args.json:
+            _print_json({**plan.to_json(), "error": str(exc)})
+        print(f"synaptic-tui upload: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _print_json(plan.to_json())
+    else:
+        print(f"uploaded to https://huggingface.co/{plan.repo_id}" if not os.environ.get("HF_ENDPOINT")
+              else f"uploaded to {os.environ['HF_ENDPOINT'].rstrip('/')}/{plan.repo_id}")
+        for url in commits:
+            print(f"  commit {url}")
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -519,8 +602,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": cmd_train,
     "doctor": cmd_doctor,
     "demo-model": cmd_demo_model,
-    "export": lambda args: not_yet("export"),
-    "upload": lambda args: not_yet("upload"),
+    "export": cmd_export,
+    "upload": cmd_upload,
     "eval": cmd_eval,
     "pipeline": cmd_pipeline,
 }

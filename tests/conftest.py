@@ -120,3 +120,29 @@ def demo_model(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "trainers.demo_model", str(path)], check=True, cwd=REPO, env=env,
                    capture_output=True, text=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_sft_run(tmp_path_factory, demo_model) -> Path:
+    """A real SFT run of the demo model (4 steps, checkpoints at 2 and 4), trained once per session.
+
+    Tests that write into a run (exports, evals) copy it with `copy_run` first.
+    """
+    runs = tmp_path_factory.mktemp("trained-runs")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(demo_model.parent.parent)}
+    out = subprocess.run(
+        [sys.executable, "-m", "synaptic_tui", "train", "--config", str(EXAMPLES / "configs" / "sft.yaml"),
+         "--model", str(demo_model), "--yes", "--wait", "--json", "--runs-dir", str(runs),
+         "--set", "training.max_steps=4", "--set", "training.save_steps=2", "--set", "training.eval_steps=2",
+         "--set", "training.learning_rate=0.01"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return Path(json.loads(out.stdout)["run_dir"])
+
+
+def copy_run(run_dir: Path, runs_dir: Path) -> Path:
+    import shutil
+
+    target = Path(runs_dir) / Path(run_dir).name
+    shutil.copytree(run_dir, target)
+    return target

@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 
 from synaptic_tui.app import ACTIONS, SynapticApp
 from synaptic_tui.doctor import Check
-from synaptic_tui.screens.coming import ComingScreen
+from synaptic_tui.screens.upload import UploadScreen
 from synaptic_tui.screens.new_run import NewRunScreen
 from synaptic_tui.screens.doctor import DoctorScreen
 from synaptic_tui.screens.evaluate import EvaluateScreen
@@ -77,7 +77,7 @@ async def test_home_picks_up_new_runs_live(runs_dir):
 
 
 async def test_action_keys_open_their_screens_and_escape_returns(sample_runs):
-    expected = {"n": NewRunScreen, "r": RunsScreen, "u": ComingScreen, "e": EvaluateScreen, "d": DoctorScreen, "p": PipelinesScreen}
+    expected = {"n": NewRunScreen, "r": RunsScreen, "u": UploadScreen, "e": EvaluateScreen, "d": DoctorScreen, "p": PipelinesScreen}
     assert set(expected) == {a.key for a in ACTIONS}
 
     async def doctor(runs_dir):
@@ -92,15 +92,6 @@ async def test_action_keys_open_their_screens_and_escape_returns(sample_runs):
             await pilot.press("escape")
             await pilot.pause()
             assert isinstance(app.screen, HomeScreen)
-
-
-async def test_placeholder_screens_say_what_is_coming(runs_dir):
-    app = make_app(runs_dir)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("u")
-        await pilot.pause()
-        text = str(app.screen.query_one(".coming-note", Static).render())
-        assert "Not available yet" in text and "#6" in text
 
 
 async def test_new_run_shows_the_embedded_default_config(runs_dir):
@@ -202,7 +193,8 @@ def test_tui_process_imports_no_ml_library():
     code = (
         "import sys, synaptic_tui.app, synaptic_tui.cli, synaptic_tui.runs, synaptic_tui.config, "
         "synaptic_tui.doctor, synaptic_tui.screens.home, synaptic_tui.screens.runs, synaptic_tui.screens.doctor, "
-        "synaptic_tui.screens.coming, synaptic_tui.screens.help, synaptic_tui.screens.compare, "
+        "synaptic_tui.screens.upload, synaptic_tui.exporting, synaptic_tui.upload, synaptic_tui.modelcard, "
+        "synaptic_tui.screens.evaluate, synaptic_tui.screens.pipelines, synaptic_tui.screens.help, synaptic_tui.screens.compare, "
         "synaptic_tui.screens.run_view, synaptic_tui.screens.new_run, trainers.demo_model\n"
         "bad = [m for m in ('torch','transformers','trl','peft','unsloth','mlx','datasets','accelerate') if m in sys.modules]\n"
         "print(','.join(bad))"

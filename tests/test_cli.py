@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, REPO
 
-from synaptic_tui.cli import NOT_YET, build_parser
+from synaptic_tui.cli import build_parser
 
 COMMANDS = ["train", "runs", "export", "upload", "eval", "pipeline", "doctor", "demo-model"]
 
@@ -74,18 +74,6 @@ def test_unknown_run_is_a_clear_error(sample_runs):
     out = cli("runs", "show", "nope", "--runs-dir", str(sample_runs))
     assert out.returncode == 2
     assert out.stderr.strip() == f"synaptic-tui: no run 'nope' in {sample_runs}"
-
-
-@pytest.mark.parametrize("args", [["export", "RUN"], ["upload", "RUN"]])
-def test_unfinished_commands_say_so_and_exit_2(args, tmp_path):
-    out = cli(*args, cwd=tmp_path)
-    assert out.returncode == 2
-    assert "not available yet" in out.stderr and "issue (#" in out.stderr
-    assert out.stdout == ""
-
-
-def test_not_yet_table_names_an_issue_for_each():
-    assert all("(#" in text for text in NOT_YET.values())
 
 
 def test_bad_config_gives_one_clear_line_and_exit_2(tmp_path):

@@ -105,21 +105,29 @@ async def test_sft_table_garbage_lines_and_a_rewritten_metrics_file(runs_dir):
         assert screen.metrics.records == 1
 
 
-async def test_enter_offers_checkpoint_actions_that_say_what_is_coming(runs_dir):
+async def test_enter_on_a_checkpoint_opens_the_export_form_prefilled(runs_dir):
+    from textual.widgets import Select
+
+    from synaptic_tui.screens.upload import UploadScreen
+
     run_dir = write_run(runs_dir, "20261122-120000-sft-done", status={"state": "succeeded", "step": 10},
-                        checkpoints=(10,), final=True, metrics=[{"step": 10, "loss": 1.0}])
+                        checkpoints=(5, 10), final=True, metrics=[{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.0}])
     app = SynapticApp(Services.create(runs_dir))
-    notes = []
-    app.notify = lambda message, **kwargs: notes.append(message)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_run(app, pilot, run_dir)
-        await settle(pilot, lambda: screen.query_one(CheckpointTable).row_count == 2)
+        table = screen.query_one(CheckpointTable)
+        await settle(pilot, lambda: table.row_count == 3)
+        table.move_cursor(row=0)  # checkpoint-5, not the best
         await pilot.press("enter")
         await pilot.pause(0.1)
         await pilot.press("enter")  # the first action: export
+        await settle(pilot, lambda: isinstance(app.screen, UploadScreen))
+        form = app.screen
+        assert form.query_one("#upload-run", Select).value == str(run_dir)
+        assert form.query_one("#upload-checkpoint", Select).value == "checkpoint-5"
+        await pilot.press("escape")
         await pilot.pause(0.1)
-        assert isinstance(app.screen, RunScreen)
-    assert notes == ["checkpoint-10: exporting (LoRA, merged, GGUF) arrives with the export and upload issue (#6)."]
+        assert app.screen is screen
 
 
 async def test_the_state_line_shows_progress_rate_and_failure(runs_dir):

@@ -84,8 +84,10 @@ def test_new_run_screen(snap_compare, app_on):
     assert snap_compare(app_on(REPO / "runs", cwd=REPO), run_before=run_before, terminal_size=SIZE)
 
 
-def test_upload_screen(snap_compare, app_on, runs_dir):
-    assert snap_compare(app_on(runs_dir), press=["u"], terminal_size=SIZE)
+def test_upload_screen(snap_compare, app_on, sample_runs, monkeypatch):
+    # Prefilled with the newest run that has checkpoints, its best checkpoint and a default repo id.
+    monkeypatch.setenv("HF_USERNAME", "someone")
+    assert snap_compare(app_on(sample_runs), press=["u"], terminal_size=SIZE)
 
 
 def test_evaluate_screen(snap_compare, app_on, runs_dir):

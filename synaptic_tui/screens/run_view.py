@@ -29,9 +29,9 @@ from synaptic_tui.widgets.curves import Curves
 from synaptic_tui.widgets.runs_table import format_duration
 
 CHECKPOINT_ACTIONS = (
-    ("export", "Export", "exporting (LoRA, merged, GGUF) arrives with the export and upload issue (#6)"),
-    ("upload", "Upload to the Hub", "uploading arrives with the export and upload issue (#6)"),
-    ("evaluate", "Evaluate", ""),
+    ("export", "Export (LoRA, merged, GGUF)"),
+    ("upload", "Upload to the Hub"),
+    ("evaluate", "Evaluate"),
 )
 
 
@@ -47,7 +47,7 @@ class CheckpointActions(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="checkpoint-actions"):
             yield Static(f"{escape(self.run_id)} / [b]{escape(self.checkpoint)}[/]", id="checkpoint-actions-title")
-            yield OptionList(*(Option(title, id=name) for name, title, _ in CHECKPOINT_ACTIONS))
+            yield OptionList(*(Option(title, id=name) for name, title in CHECKPOINT_ACTIONS))
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
@@ -191,10 +191,10 @@ class RunScreen(Screen):
 
                 # Results are filed under this run; the model is whatever the server serves it as.
                 self.app.push_screen(EvaluateScreen(run_dir=self.run_dir))
-                return
-            for name, title, coming in CHECKPOINT_ACTIONS:
-                if name == action:
-                    self.notify(f"{checkpoint}: {coming}.", title=title, severity="warning")
+            elif action in ("export", "upload"):
+                from synaptic_tui.screens.upload import UploadScreen
+
+                self.app.push_screen(UploadScreen(run_dir=self.run_dir, checkpoint=checkpoint))
 
         self.app.push_screen(CheckpointActions(self.run_dir.name, checkpoint), chosen)
 
