@@ -2,8 +2,8 @@
 
 1. loopback: tests/ollama_server.py answering every chat after a fixed 50 ms,
    in its own process (in ours, its threads would fight the runner for the
-   GIL) with a listen backlog above the stdlib's 5 (eight connects at once
-   overflow it and the kernel's SYN retry adds a whole second). 64 cases one
+   GIL); it listens with a backlog above the stdlib's 5 (eight connects at
+   once would overflow it and the kernel's SYN retry adds a whole second). 64 cases one
    at a time take >= 3.2 s; eight in flight should take ~1/8. Goal: c1/c8 >= 6x.
 2. mlx_lm.server serving the demo model (random weights, few max tokens).
    Each case is ~1,600 prompt tokens of tool schemas, so the time is prefill,
@@ -40,8 +40,6 @@ LEVELS = (1, 8)
 
 LOOPBACK = """
 import sys
-from http.server import ThreadingHTTPServer
-ThreadingHTTPServer.request_queue_size = 128
 sys.path.insert(0, sys.argv[1])
 from ollama_server import OllamaServer
 server = OllamaServer(reply={"content": "ok"}, latency=float(sys.argv[2])).start()

@@ -34,6 +34,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+class _Server(ThreadingHTTPServer):
+    # The stdlib's listen backlog of 5 overflows when eight clients connect at once, and the
+    # kernel retries the extra connects a second later: that would be measured as latency.
+    request_queue_size = 128
+
+
 class OllamaServer:
     def __init__(self, models: dict[str, str] | None = None, *, upstream: str | None = None,
                  reply: dict[str, Any] | None = None, latency: float = 0.0, hang: float = 5.0):
@@ -70,7 +76,7 @@ class OllamaServer:
                 else:
                     server._json(self, 404, {"error": "not found"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
