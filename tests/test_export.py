@@ -177,3 +177,35 @@ def assert_secret_nowhere(out: subprocess.CompletedProcess, runs_dir: Path) -> N
     for path in Path(runs_dir).rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_gguf_exports_are_read_back_with_template_and_modelfile(run_dir, runs_dir):
+    # The converter comes from the pinned llama-cpp-python sdist (pip download, once per cache).
+    out = cli("export", run_dir.name, "--format", "gguf-q8_0", "--format", "gguf-f16", "--json", runs_dir=runs_dir,
+              timeout=900)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    for fmt, size_type in (("gguf-f16", "f16"), ("gguf-q8_0", "q8_0")):
+        record = data["exports"][fmt]
+        verify = record["verify"]
+        assert (verify["architecture"], verify["tokenizer_model"], verify["pre_tokenizer"]) == ("llama", "gpt2", "gpt-2")
+        assert verify["tensors"] == 21 and verify["chat_template"] and verify["tools_in_template"]
+        assert record["pre_tokenizer_fallback"] == "gpt-2"
+        folder = Path(record["path"])
+        gguf = folder / f"demo-model-sft-{size_type}.gguf"
+        assert gguf.read_bytes()[:4] == b"GGUF"
+        modelfile = (folder / f"Modelfile.{size_type}").read_text()
+        assert f"FROM ./{gguf.name}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+        assert record["ollama_create"] == f"cd {folder} && ollama create demo-model-sft -f Modelfile.{size_type}"
+    # f16 is about twice the size of q8_0; no temporary merge or staging is left behind.
+    assert data["exports"]["gguf-f16"]["size_bytes"] > 1.5 * data["exports"]["gguf-q8_0"]["size_bytes"]
+    assert no_staging_left(run_dir) and not (run_dir / "exports" / data["checkpoint"] / "merged-16bit").exists()
+
+
+def test_k_quants_without_a_quantizer_say_what_to_install(run_dir, runs_dir):
+    out = cli("export", run_dir.name, "--format", "gguf-q4_k_m", runs_dir=runs_dir,
+              env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert "gguf-q4_k_m needs llama.cpp's quantizer" in out.stderr and "llama-cpp-python" in out.stderr
+    assert not any((run_dir / "exports").rglob("*.gguf"))

@@ -29,7 +29,7 @@ from synaptic_tui.exporting import (EXPORT_RECORD, GGUF_FORMATS, ExportError, es
                                     exports_root, human_bytes, order_formats, quantizer_available,
                                     resolve_checkpoint)
 from synaptic_tui.modelinfo import read_model_info
-from synaptic_tui.runs import load_legacy_run, load_run, utc_now
+from synaptic_tui.runs import load_legacy_run, load_run, slugify, utc_now
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 # What a training checkpoint holds that an exported adapter must not carry along.
@@ -248,8 +248,10 @@ def finish(plan: Plan, fmt: str, staged: Path, record: dict[str, Any]) -> dict[s
     record = {"format": fmt, "run_id": plan.run_dir.name, "method": plan.method, "checkpoint": plan.checkpoint,
               "created_at": utc_now(), "size_bytes": folder_size(staged),
               "files": sorted(str(f.relative_to(staged)) for f in staged.rglob("*") if f.is_file()), **record}
-    (staged / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     target = export_dir(plan.run_dir, plan.checkpoint, fmt)
+    if record.get("modelfile"):
+        record["ollama_create"] = f"cd {target} && ollama create {record['ollama_name']} -f {record['modelfile']}"
+    (staged / EXPORT_RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
     target.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if target.exists():
@@ -288,7 +290,8 @@ def export(plan: Plan, staging: Path) -> dict[str, dict[str, Any]]:
 
             if merged_for_gguf is None:
                 merged_for_gguf = _merged_source(plan, staging, done)
-            record = build_gguf(fmt, merged_for_gguf, staged, plan.run_dir.name, say)
+            name = slugify(f"{Path(plan.base_model).name}-{plan.method}")
+            record = build_gguf(fmt, merged_for_gguf, staged, name, say)
         record["seconds"] = round(time.monotonic() - started, 1)
         done[fmt] = finish(plan, fmt, staged, record)
         emit("done", format=fmt, path=done[fmt]["path"], record=done[fmt])
