@@ -209,3 +209,45 @@ def test_k_quants_without_a_quantizer_say_what_to_install(run_dir, runs_dir):
     assert out.returncode == 2
     assert "gguf-q4_k_m needs llama.cpp's quantizer" in out.stderr and "llama-cpp-python" in out.stderr
     assert not any((run_dir / "exports").rglob("*.gguf"))
+
+
+async def test_upload_form_previews_the_card_exports_and_uploads(run_dir, runs_dir, monkeypatch):
+    from textual.widgets import Input, Log, Markdown, SelectionList
+
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.screens.new_run import ConfirmScreen
+    from synaptic_tui.screens.upload import UploadScreen
+    from synaptic_tui.services import Services
+
+    checkpoint = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+    with HubServer(token=SECRET) as hub:
+        hub.configure(monkeypatch)
+        monkeypatch.setenv("HF_USERNAME", "me")
+        app = SynapticApp(Services.create(runs_dir))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.push_screen(UploadScreen(run_dir=run_dir, checkpoint=checkpoint))
+            await pilot.pause()
+            screen = app.screen
+            assert screen.query_one("#upload-repo", Input).value == "me/demo-model-sft"
+            assert screen.query_one("#upload-formats", SelectionList).selected == ["lora"]
+            screen.query_one("#upload-repo", Input).value = "me/from-the-form"
+            await pilot.press("p")  # preview: the card, and where each file would go
+            await pilot.pause()
+            card = screen.query_one("#upload-card", Markdown)
+            assert "# from-the-form" in card.source and 'from_pretrained(base, "me/from-the-form")' in card.source
+            note = str(screen.query_one("#upload-note").render())
+            assert "lora          -> /" in note and "not exported yet" in note
+            await pilot.press("u")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            for _ in range(1200):  # export (a child process) and upload
+                await pilot.pause(0.1)
+                if not screen.busy:
+                    break
+            log = "\n".join(screen.query_one("#upload-log", Log).lines)
+            assert "lora: verified" in log and "Uploaded to me/from-the-form" in log, log
+            assert SECRET not in log
+        received = {path for commit in hub.commits for path in commit["files"]}
+        assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= received
+        assert hub.repos["me/from-the-form"]["private"] is True
