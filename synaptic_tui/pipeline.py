@@ -370,27 +370,16 @@ def _alive(run_dir: Path) -> bool:
 
 def resolve_checkpoint(run_dir: Path, wanted: str) -> str:
     """best / final / checkpoint-N of a finished run -> the checkpoint directory name."""
-    from synaptic_tui.monitor import RunMetrics
-    from synaptic_tui.runs import read_status
+    from synaptic_tui.exporting import ExportError
+    from synaptic_tui.exporting import resolve_checkpoint as resolve
 
     run = load_run(run_dir)
-    checkpoints = run.checkpoints() if run else []
-    names = [c.name for c in checkpoints]
-    if wanted == "best":
-        status = read_status(run_dir)
-        best = status.extra.get("best_checkpoint") if status else None
-        if not best or best not in names:
-            from synaptic_tui.follow import JsonlFollower
-
-            metrics = RunMetrics(run.method)
-            metrics.add(JsonlFollower(run_dir / "metrics.jsonl").read_all())
-            _, best = metrics.checkpoint_rows(checkpoints)
-        if not best:
-            raise StageFailed(f"{run_dir.name} has no checkpoint to call best (checkpoints: {', '.join(names) or 'none'})")
-        return best
-    if wanted not in names:
-        raise StageFailed(f"{run_dir.name} has no {wanted} (checkpoints: {', '.join(names) or 'none'})")
-    return wanted
+    if run is None:
+        raise StageFailed(f"{run_dir} is not a run directory")
+    try:
+        return resolve(run, wanted)
+    except ExportError as exc:
+        raise StageFailed(str(exc)) from None
 
 
 def select_stage(runner: Runner, stage: StageState) -> str:
@@ -451,6 +440,33 @@ def export_stage(runner: Runner, stage: StageState) -> str:
         checkpoint = resolve_checkpoint(run_dir, "best")
     paths = export_checkpoint(runner, run_dir, checkpoint, list(runner.config.pipeline.export.formats))
     stage.result = {"run_id": run_dir.name, "checkpoint": checkpoint, "exports": list(paths), "paths": paths}
+    return "succeeded"
+
+
+def upload_stage(runner: Runner, stage: StageState) -> str:
+    """Upload what the export stage wrote; without a token the stage is skipped with a note, not failed."""
+    from synaptic_tui.hf_token import find_hf_token
+    from synaptic_tui.upload import UploadError, plan_upload, upload
+
+    export = runner.state.stage("export")
+    if export is None or not export.result.get("exports"):
+        raise StageFailed("the upload stage uploads what the export stage wrote, and it wrote nothing")
+    token, _ = find_hf_token()
+    settings = runner.config.pipeline.upload
+    if not token:
+        stage.result = {"repo_id": settings.repo_id,
+                        "note": "no Hugging Face token (HF_TOKEN, ./.env or `hf auth login`): upload skipped"}
+        runner.say(f"upload: {stage.result['note']}")
+        return "skipped"
+    run = load_run(runner.runs_dir / export.result["run_id"])
+    try:
+        plan = plan_upload(run, export.result["checkpoint"], list(export.result["exports"]), settings.repo_id,
+                           private=settings.private)
+        commits = upload(plan, runner.say)
+    except UploadError as exc:
+        raise StageFailed(str(exc)) from None
+    stage.result = {"repo_id": plan.repo_id, "url": plan.repo_url, "private": plan.private, "commits": commits,
+                    "formats": [i.fmt for i in plan.items]}
     return "succeeded"
 
 
@@ -553,6 +569,7 @@ STAGES: dict[str, Callable[[Runner, StageState], str]] = {
     "kto": train_stage,
     "select": select_stage,
     "export": export_stage,
+    "upload": upload_stage,
     "eval": eval_stage,
 }
 

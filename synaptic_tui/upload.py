@@ -51,6 +51,7 @@ class UploadPlan:
     items: list[UploadItem]
     card: str
     token_source: str = "not set"
+    repo_url: str | None = None
     commits: list[str] = field(default_factory=list)
 
     @property
@@ -78,7 +79,7 @@ class UploadPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"repo_id": self.repo_id, "private": self.private, "run_id": self.run.run_id,
-                "checkpoint": self.checkpoint, "token": self.token_source, "total_bytes": self.total_bytes,
+                "checkpoint": self.checkpoint, "token": self.token_source, "repo_url": self.repo_url, "total_bytes": self.total_bytes,
                 "to_export": self.to_export, "commits": self.commits, "model_card": self.card,
                 "items": [{"format": i.fmt, "path_in_repo": i.path_in_repo, "local_dir": str(i.local_dir),
                            "exported": i.exported, "files": [{"name": n, "size": s} for n, s in i.files]}
@@ -197,6 +198,7 @@ def upload(plan: UploadPlan, say: Callable[[str], Any] = print, *, endpoint: str
         url = _with_retries(lambda: api.create_repo(plan.repo_id, private=plan.private, exist_ok=True,
                                                     repo_type="model"),
                             plan, token, f"create {plan.repo_id}", say, backoff)
+        plan.repo_url = str(url)
         say(f"repo {url}")
         commits = []
         for item in plan.items:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,9 +18,9 @@ from synaptic_tui.pipeline import read_pipeline
 from synaptic_tui.runs import read_status
 
 
-def cli(*args: str, runs_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, runs_dir: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "synaptic_tui", *args, "--runs-dir", str(runs_dir)],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def write_config(path: Path, pipeline: dict, **top) -> Path:
@@ -89,40 +90,59 @@ def wait_for(predicate, timeout: float = 300, every: float = 0.1):
     raise AssertionError("timed out waiting")
 
 
-def test_pipeline_stopped_mid_kto_resumes_without_redoing_sft(demo_model, runs_dir, tmp_path):
+def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, runs_dir, tmp_path):
+    """SFT -> KTO from the SFT's best checkpoint merged -> best -> merged-16bit -> upload -> eval on a served model."""
+    from hub_server import HubServer
+
+    cases = json.loads((EXAMPLES / "prompts" / "tool_calling.json").read_text())[:2]
+    (tmp_path / "two.json").write_text(json.dumps(cases))
     path = write_config(tmp_path / "pipe.yaml", {
         "sft": {"training": {"max_steps": 2, "save_steps": 2}},
-        "kto": {"start_from": str(demo_model), "dataset": {"path": str(EXAMPLES / "data" / "kto_tool_calls.jsonl")},
+        "kto": {"start_from": "sft", "dataset": {"path": str(EXAMPLES / "data" / "kto_tool_calls.jsonl")},
                 "training": {"max_steps": 16, "save_steps": 2, "per_device_train_batch_size": 2,
                              "learning_rate": 5e-5}},
         "select": {"checkpoint": "best"},
+        "export": {"formats": ["merged-16bit"]},
+        "upload": {"repo_id": "me/pipeline-demo"},
+        "eval": {"backend": "local", "prompt_set": "two.json", "max_tokens": 8, "concurrency": 2},
     }, training={"logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-4})
-    out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir)
-    assert out.returncode == 0, out.stderr
-    pipeline_dir = Path(json.loads(out.stdout)["path"])
-    assert [s.name for s in read_pipeline(pipeline_dir).stages] == ["sft", "kto", "select"]
+    hub = HubServer(token="hf_pipelineToken0123456789").start()
+    try:
+        # The detached runner inherits this environment: its upload goes to the loopback Hub.
+        out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir, env=hub.env)
+        assert out.returncode == 0, out.stderr
+        pipeline_dir = Path(json.loads(out.stdout)["path"])
+        assert [s.name for s in read_pipeline(pipeline_dir).stages] == ["sft", "kto", "select", "export", "upload",
+                                                                          "eval"]
 
-    # Stop it once KTO has saved a checkpoint.
-    def kto_checkpointed():
-        kto = read_pipeline(pipeline_dir).stage("kto")
-        status = read_status(runs_dir / kto.run_id) if kto.run_id else None
-        return status is not None and status.last_checkpoint and kto.run_id
-    kto_run = wait_for(kto_checkpointed)
-    out = cli("pipeline", "cancel", pipeline_dir.name, runs_dir=runs_dir)
-    assert out.returncode == 0, out.stderr
-    state = wait_for(lambda: (s := read_pipeline(pipeline_dir)).finished and s)
-    assert state.state == "cancelled"
-    assert [(s.name, s.state) for s in state.stages] == [("sft", "succeeded"), ("kto", "cancelled"), ("select", "pending")]
-    sft_run = runs_dir / state.stage("sft").run_id
-    sft_before = (read_status(sft_run).ended_at, (sft_run / "metrics.jsonl").read_text())
-    stopped_at = read_status(runs_dir / kto_run)
-    assert stopped_at.state == "cancelled" and stopped_at.step < 16
+        # Stop it once KTO has saved a checkpoint.
+        def kto_checkpointed():
+            kto = read_pipeline(pipeline_dir).stage("kto")
+            status = read_status(runs_dir / kto.run_id) if kto.run_id else None
+            return status is not None and status.last_checkpoint and kto.run_id
+        kto_run = wait_for(kto_checkpointed, timeout=300)
+        out = cli("pipeline", "cancel", pipeline_dir.name, runs_dir=runs_dir)
+        assert out.returncode == 0, out.stderr
+        state = wait_for(lambda: (s := read_pipeline(pipeline_dir)).finished and s)
+        assert state.state == "cancelled"
+        assert [(s.name, s.state) for s in state.stages][:3] == [("sft", "succeeded"), ("kto", "cancelled"),
+                                                                 ("select", "pending")]
+        sft_run = runs_dir / state.stage("sft").run_id
+        sft_before = (read_status(sft_run).ended_at, (sft_run / "metrics.jsonl").read_text())
+        stopped_at = read_status(runs_dir / kto_run)
+        assert stopped_at.state == "cancelled" and stopped_at.step < 16
+        # KTO started from the SFT run's best checkpoint, merged.
+        start_from = yaml.safe_load((runs_dir / kto_run / "run.yaml").read_text())["model"]["name"]
+        assert start_from.startswith(str(sft_run / "exports")) and start_from.endswith("merged-16bit")
 
-    out = cli("pipeline", "resume", pipeline_dir.name, "--wait", runs_dir=runs_dir)
-    assert out.returncode == 0, out.stderr + (pipeline_dir / "pipeline.log").read_text()
+        out = cli("pipeline", "resume", pipeline_dir.name, "--wait", runs_dir=runs_dir, env=hub.env)
+        assert out.returncode == 0, out.stderr + (pipeline_dir / "pipeline.log").read_text()
+    finally:
+        hub.stop()
     state = read_pipeline(pipeline_dir)
     assert state.state == "succeeded"
-    assert [(s.name, s.state) for s in state.stages] == [("sft", "succeeded"), ("kto", "succeeded"), ("select", "succeeded")]
+    assert [(s.name, s.state) for s in state.stages] == [(n, "succeeded") for n in
+                                                         ("sft", "kto", "select", "export", "upload", "eval")]
     # SFT was not run again; KTO went on in the same run, from its checkpoint, to its last step.
     assert (read_status(sft_run).ended_at, (sft_run / "metrics.jsonl").read_text()) == sft_before
     assert state.stage("kto").run_id == kto_run
@@ -132,6 +152,18 @@ def test_pipeline_stopped_mid_kto_resumes_without_redoing_sft(demo_model, runs_d
     assert steps[-1] == 16 and steps[0] == 1
     select = state.stage("select").result
     assert select["run_id"] == kto_run and select["checkpoint"] == kto_status.extra["best_checkpoint"]
+    export = state.stage("export").result
+    merged = Path(export["paths"]["merged-16bit"])
+    assert merged == runs_dir / kto_run / "exports" / select["checkpoint"] / "merged-16bit"
+    assert json.loads((merged / "export.json").read_text())["verify"]["loads"] is True
+    upload = state.stage("upload").result
+    assert upload["repo_id"] == "me/pipeline-demo" and len(upload["commits"]) == 2
+    assert hub.commits[0]["files"]["model.safetensors"] == (merged / "model.safetensors").read_bytes()
+    evaluation = state.stage("eval").result
+    records = [json.loads(line) for line in (Path(evaluation["eval_dir"]) / "results.jsonl").read_text().splitlines()]
+    assert Path(evaluation["eval_dir"]).parent == runs_dir / kto_run / "evals"
+    assert sorted(r["id"] for r in records) == [c["id"] for c in cases]
+    assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
     shown = cli("pipeline", "show", pipeline_dir.name, runs_dir=runs_dir)
     assert "succeeded" in shown.stdout and f"checkpoint {select['checkpoint']}" in shown.stdout
     listed = json.loads(cli("pipeline", "list", "--json", runs_dir=runs_dir).stdout)
@@ -139,6 +171,21 @@ def test_pipeline_stopped_mid_kto_resumes_without_redoing_sft(demo_model, runs_d
     # The pipeline's directory is not mistaken for a run.
     runs = json.loads(cli("runs", "list", "--json", runs_dir=runs_dir).stdout)
     assert sorted(r["run_id"] for r in runs) == sorted([sft_run.name, kto_run])
+
+
+def test_upload_stage_without_a_token_is_skipped_with_a_note(demo_model, runs_dir, tmp_path):
+    path = write_config(tmp_path / "pipe.yaml", {
+        "sft": {"training": {"max_steps": 2, "save_steps": 2}},
+        "export": {"formats": ["lora"]},
+        "upload": {"repo_id": "me/never-sent"},
+    }, training={"logging_steps": 1, "per_device_train_batch_size": 2})
+    out = cli("pipeline", "--config", str(path), "--wait", "--json", runs_dir=runs_dir)
+    pipeline_dir = Path(json.loads(out.stdout)["path"])
+    assert out.returncode == 0, (pipeline_dir / "pipeline.log").read_text()
+    state = read_pipeline(pipeline_dir)
+    assert [(s.name, s.state) for s in state.stages] == [("sft", "succeeded"), ("export", "succeeded"),
+                                                         ("upload", "skipped")]
+    assert "no Hugging Face token" in state.stage("upload").result["note"]
 
 
 def write_pipeline_fixture(runs_dir: Path) -> Path:
