@@ -20,20 +20,19 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evaluator.prompts import load_prompt_set  # noqa: E402
 from evaluator.runner import create_eval, new_settings, preflight, read_results, run_eval  # noqa: E402
+from synaptic_tui.serving import mlx_server  # noqa: E402
 
 PROMPTS = REPO / "examples" / "prompts" / "tool_calling.json"
 LEVELS = (1, 8)
@@ -81,47 +80,6 @@ def measure(name: str, backend: str, url: str, model: str, prompts: Path, work: 
             for n in LEVELS}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_mlx(model: Path, work: Path) -> tuple[subprocess.Popen, str]:
-    """mlx_lm.server on a free loopback port, as tests/test_evaluator_servers.py starts it."""
-    port = free_port()
-    # /v1/models scans the HF cache and answers with an empty body when that directory does not exist.
-    (work / "hub").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(work / "hub"), "HF_HOME": str(work / "hf")}
-    log = (work / "mlx-server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model", str(model), "--host",
-                                "127.0.0.1", "--port", str(port)], cwd=work, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlx_lm.server exited {process.returncode}: "
-                               f"{(work / 'mlx-server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", trust_env=False, timeout=2).json()["data"]:
-                return process, url
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        time.sleep(0.3)
-    stop(process)
-    raise RuntimeError("mlx_lm.server did not answer /v1/models in 180 s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def demo_model(work: Path) -> Path:
     # A subprocess, as the CLI and tests/conftest.py build it: torch stays out of the timing process.
     path = work / "demo-model"
@@ -162,11 +120,8 @@ def main() -> None:
         rows.append((f"loopback ({args.latency * 1000:.0f} ms/request)", levels, "goal >= 6x"))
         if not args.skip_mlx:
             model = (args.model or demo_model(work)).resolve()
-            process, url = start_mlx(model, work)
-            try:
-                levels = measure("mlx", "openai", url, str(model), prompts, work, args.max_tokens)
-            finally:
-                stop(process)
+            with mlx_server(model, work / "mlx-server.log") as (url, model_id):
+                levels = measure("mlx", "openai", url, model_id, prompts, work, args.max_tokens)
             rows.append((f"mlx_lm.server ({args.max_tokens} tokens)", levels,
                          "informative only: bound by the server's prefill on this machine, not by the runner"))
     print(f"{args.cases} cases per eval, wall time of run_eval; {os.cpu_count()} CPUs")
