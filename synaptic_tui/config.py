@@ -60,6 +60,8 @@ class LoraSection(Section):
     bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False
     use_rslora: bool = False
+    # MLX only: lora, dora (also via use_dora) or full (every weight trained, no adapter).
+    fine_tune_type: Literal["lora", "dora", "full"] | None = None
     num_layers: int = -1
     random_state: int | None = None
     use_gradient_checkpointing: bool | Literal["unsloth"] | None = None

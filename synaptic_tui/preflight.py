@@ -175,12 +175,12 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
     gpu_free = free_gpu_memory_gb()
     if platform == "cuda" and gpu_free is None:
         report.add("error", "platform", "platform is cuda but no NVIDIA GPU was found (nvidia-smi missing or failing)")
-    if platform == "mlx":
-        report.add("error", "platform", "MLX training arrives with the Apple MLX issue (#7); use platform cpu or cuda")
+    if platform == "mlx" and importlib.util.find_spec("mlx_lm") is None:
+        report.add("error", "extras", "platform mlx needs the mlx extra: pip install -c .ci/constraints.txt -e '.[mlx]'")
     if config.get("engine") == "unsloth" and importlib.util.find_spec("unsloth") is None:
         report.add("error", "engine", "engine is unsloth but unsloth is not installed in this environment "
                    "(it needs its own: pip install -c .ci/constraints.txt -e '.[unsloth]')")
-    if importlib.util.find_spec("trl") is None or importlib.util.find_spec("torch") is None:
+    if platform != "mlx" and (importlib.util.find_spec("trl") is None or importlib.util.find_spec("torch") is None):
         report.add("error", "extras", "training needs the train extra: pip install -c .ci/constraints.txt -e '.[train]'")
     on_gpu = gpu_free is not None and platform != "cpu"
 
@@ -202,7 +202,9 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
         if info.parameters:
             needed = estimate_memory_gb(config, info, config_json, report.trainable_parameters, on_gpu)
             report.memory_needed_gb = needed
-            report.memory_kind = "GPU" if on_gpu else "RAM"
+            # MLX on Apple silicon trains in unified memory, which the free-RAM figure measures too.
+            report.memory_kind = "GPU" if on_gpu else ("unified memory" if platform == "mlx" and sys.platform == "darwin"
+                                                        else "RAM")
             report.memory_available_gb = gpu_free if on_gpu else available_ram_gb()
             available = report.memory_available_gb
             if available is not None:

@@ -33,7 +33,7 @@ from synaptic_tui.runs import load_legacy_run, load_run, slugify, utc_now
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 # What a training checkpoint holds that an exported adapter must not carry along.
-TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "README.md",
+TRAINER_STATE = {"optimizer.pt", "optimizer.safetensors", "scheduler.pt", "trainer_state.json", "training_args.bin", "README.md",
                  "scaler.pt"}
 PROBE_TOOL = {"type": "function", "function": {
     "name": "synaptic_probe_tool", "description": "Checks that the chat template renders tools.",
@@ -62,6 +62,11 @@ class Plan:
     formats: list[str]
     config: dict[str, Any]
 
+    @property
+    def mlx(self) -> bool:
+        """An mlx-lm run: its adapter is in mlx-lm's format, fused with mlx-lm, not PEFT."""
+        return self.config.get("platform") == "mlx"
+
 
 def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
     """Everything that can fail before work, failing with a message that says what to do."""
@@ -81,6 +86,9 @@ def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
         base = json.loads((checkpoint_dir / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
     if not base:
         raise ExportError(f"{run_dir / 'run.yaml'}: model.name is not set, so the base model is unknown")
+    if "merged-4bit" in formats and config.get("platform") == "mlx":
+        raise ExportError("merged-4bit is bitsandbytes on CUDA; for an MLX run export merged-16bit "
+                          "(or gguf-q8_0 for a small file)")
     if "merged-4bit" in formats:
         import torch
 
@@ -269,11 +277,37 @@ def export(plan: Plan, staging: Path) -> dict[str, dict[str, Any]]:
     for fmt in plan.formats:
         started = time.monotonic()
         staged = staging / fmt
-        if fmt == "lora":
+        if fmt == "lora" and plan.mlx:
+            from trainers import mlx_lora
+
+            say("copying the mlx-lm adapter", fmt)
+            record = build_lora(plan, staged)
+            delta = mlx_lora.adapter_max(staged)
+            if delta == 0.0:
+                raise ExportError(f"{plan.checkpoint}: every LoRA B weight is zero, so the adapter changes nothing")
+            say("verifying: loading base + adapter with mlx-lm and generating", fmt)
+            sample = mlx_lora.generate_probe(plan.base_model, staged)
+            tokenizer = load_tokenizer(str(staged) if (staged / "tokenizer_config.json").is_file() else plan.base_model)
+            record.update({"adapter_format": "mlx-lm", "adapter_max_delta": delta})
+            record["verify"] = {"loads": True, "sample": sample, "chat_template": bool(tokenizer.chat_template),
+                                "tools_in_template": template_supports_tools(tokenizer)}
+        elif fmt == "lora":
             say("copying the adapter", fmt)
             record = build_lora(plan, staged)
             say("verifying: loading base + adapter and generating", fmt)
             record["verify"] = verify_transformers(staged, plan, adapter=True)
+        elif fmt == "merged-16bit" and plan.mlx:
+            from trainers import mlx_lora
+
+            delta = mlx_lora.adapter_max(plan.checkpoint_dir)
+            if delta == 0.0:
+                raise ExportError(f"{plan.checkpoint}: every LoRA B weight is zero, so the adapter changes nothing")
+            say(f"fusing the adapter into {plan.base_model} with mlx-lm", fmt)
+            mlx_lora.fuse(plan.base_model, plan.checkpoint_dir, staged)
+            record = {"base_model": plan.base_model, "dtype": "bfloat16", "fused_with": "mlx-lm",
+                      "adapter_max_delta": delta}
+            say("verifying: reloading with transformers and generating", fmt)
+            record["verify"] = verify_transformers(staged, plan)
         elif fmt == "merged-16bit":
             say(f"merging the adapter into {plan.base_model}", fmt)
             record = build_merged_16bit(plan, staged)
@@ -305,7 +339,12 @@ def _merged_source(plan: Plan, staging: Path, done: dict[str, dict[str, Any]]) -
     temp = staging / "merged-for-conversion"
     if not (temp / "config.json").is_file():
         say("merging the adapter (temporary, for conversion)")
-        build_merged_16bit(plan, temp)
+        if plan.mlx:
+            from trainers import mlx_lora
+
+            mlx_lora.fuse(plan.base_model, plan.checkpoint_dir, temp)
+        else:
+            build_merged_16bit(plan, temp)
     return temp
 
 

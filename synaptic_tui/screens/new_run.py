@@ -107,7 +107,8 @@ class NewRunScreen(Screen):
         note = {
             "cpu": "Trains with transformers + PEFT in fp32: slow, for smoke runs and tests.",
             "cuda": "TRL + PEFT, or Unsloth when installed (engine: auto).",
-            "mlx": "mlx-lm LoRA arrives with the Apple MLX issue (#7). KTO is not offered on MLX: mlx-lm has no KTO.",
+            "mlx": "mlx-lm LoRA (or DoRA, full) in unified memory; on Linux with mlx[cpu]. KTO is not offered on MLX: "
+                   "mlx-lm has no KTO trainer.",
         }[platform]
         self.query_one("#platform-note", Static).update(note)
 

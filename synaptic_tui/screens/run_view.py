@@ -9,6 +9,7 @@ the app never touches the run.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from synaptic_tui.runs import list_checkpoints, load_run, read_run_config
 from synaptic_tui.widgets.checkpoint_table import CheckpointTable
 from synaptic_tui.widgets.curves import Curves
 from synaptic_tui.widgets.runs_table import format_duration
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 CHECKPOINT_ACTIONS = (
     ("export", "Export (LoRA, merged, GGUF)"),
@@ -119,7 +122,8 @@ class RunScreen(Screen):
         if update.reset:  # a rotated or rewritten log: show it afresh
             log.clear()
         if update.lines:
-            log.write_lines(update.lines)  # Log keeps following only while scrolled to the end
+            # Trainers' own progress output (mlx-lm's rich table) is colour-coded even into a file.
+            log.write_lines([ANSI_ESCAPE.sub("", line) for line in update.lines])  # follows only at the end
         records, reset, more = self.metrics_tail.poll_records()
         if more or update.more:
             # A big backlog (reopening a long run) is read a chunk per turn of the event loop,

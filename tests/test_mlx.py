@@ -1,0 +1,99 @@
+"""The MLX platform for real, on Linux CPU (mlx[cpu]): mlx-lm LoRA training with the same run contract as CUDA runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES, REPO
+
+from synaptic_tui.app import SynapticApp
+from synaptic_tui.exporting import export_dir, read_export
+from synaptic_tui.runs import list_runs, read_status
+from synaptic_tui.services import Services
+from synaptic_tui.widgets.checkpoint_table import CheckpointTable
+
+MLX = str(EXAMPLES / "configs" / "mlx.yaml")
+KEYS = {"step", "epoch", "time", "loss", "learning_rate", "tokens_per_second", "iterations_per_second",
+        "peak_memory_gb"}
+
+
+def cli(*args: str, runs_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synaptic_tui", *args, "--runs-dir", str(runs_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+async def wait_for(pilot, predicate, timeout: float = 400.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await pilot.pause(0.2)
+    raise AssertionError("timed out waiting")
+
+
+@pytest.mark.slow
+async def test_mlx_run_trains_live_cancels_resumes_and_fuses(demo_model, runs_dir):
+    from synaptic_tui.screens.run_view import RunScreen
+
+    out = cli("train", "--platform", "mlx", "--config", MLX, "--model", str(demo_model), "--yes", "--json",
+              "--set", "training.max_steps=6", "--set", "training.save_steps=2", "--set", "training.eval_steps=2",
+              "--set", "dataset.test_size=0.04", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.show_run(run_dir)
+        await pilot.pause(0.1)
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        table = screen.query_one(CheckpointTable)
+        # The view follows the MLX trainer live: its first checkpoint shows as a row.
+        await wait_for(pilot, lambda: table.row_count >= 1)
+        assert "checkpoint-2" in [str(k.value) for k in table.rows]
+        assert cli("runs", "cancel", run_dir.name, runs_dir=runs_dir).returncode == 0
+        await wait_for(pilot, lambda: read_status(run_dir).state == "cancelled")
+    stopped = read_status(run_dir)
+    assert stopped.engine == "mlx" and stopped.last_checkpoint == f"checkpoint-{stopped.step}"
+    assert (run_dir / "checkpoints" / stopped.last_checkpoint / "optimizer.safetensors").is_file()
+
+    out = cli("runs", "resume", run_dir.name, runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 400
+    while read_status(run_dir).state != "succeeded":
+        assert read_status(run_dir).state not in ("failed", "cancelled"), read_status(run_dir).error
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    status = read_status(run_dir)
+    assert (status.step, status.max_steps, status.engine) == (6, 6, "mlx")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    # The resumed run continued the step count: every step once, in order.
+    assert train_steps == list(range(1, 7))
+    assert all(KEYS <= set(r) for r in records if "loss" in r)
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4, 6]
+    assert (run_dir / "final" / "adapters.safetensors").is_file()
+    assert json.loads((run_dir / "final" / "adapter_config.json").read_text())["fine_tune_type"] == "lora"
+    assert [r.run_id for r in list_runs(runs_dir)] == [run_dir.name]
+
+    # Fused with mlx-lm into a Hugging Face model that transformers loads and generates from.
+    out = cli("export", run_dir.name, "--checkpoint", "final", "--format", "merged-16bit", "--format", "lora",
+              runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    merged = read_export(export_dir(run_dir, "final", "merged-16bit"))
+    assert merged["fused_with"] == "mlx-lm" and merged["verify"]["loads"] and merged["verify"]["tools_in_template"]
+    lora = read_export(export_dir(run_dir, "final", "lora"))
+    assert lora["adapter_format"] == "mlx-lm" and lora["adapter_max_delta"] > 0
+    assert "optimizer.safetensors" not in lora["files"]
+
+
+def test_kto_on_mlx_is_refused_with_the_reason(demo_model, runs_dir):
+    out = cli("train", "--platform", "mlx", "--method", "kto", "--config", MLX, "--model", str(demo_model),
+              "--dry-run", runs_dir=runs_dir)
+    assert out.returncode == 2
+    assert "mlx-lm has no KTO trainer" in out.stderr
