@@ -1,0 +1,110 @@
+"""Training throughput of our MLX trainer against `python -m mlx_lm lora`, same model, data and settings, in one run.
+
+Each side trains twice, for A and for B iterations, as a user would start it
+(`synaptic-tui train --platform mlx --wait`; `python -m mlx_lm lora --train`).
+Start-up, model loading, pre-flight and mlx-lm's fixed evaluations cost the
+same in both of a side's runs, so (B - A) / (t_B - t_A) is its steady-state
+rate in iterations per second; both sides see the same batches of the same
+rows, so tokens per second follow from the same tokens per batch. Nothing is
+parsed from mlx-lm's printed table. Goal: ours >= 0.97x.
+
+    python benchmarks/mlx_throughput.py [--short 2] [--long 8] [--model PATH] [--batch-size 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "examples" / "data" / "sft_tool_calls.jsonl"
+
+
+def demo_model(work: Path) -> Path:
+    path = work / "demo-model"
+    subprocess.run([sys.executable, "-m", "trainers.demo_model", str(path)], check=True, cwd=REPO,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
+    return path
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    out = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{out.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def ours(model: Path, iters: int, work: Path, args) -> float:
+    config = {"method": "sft", "platform": "mlx", "model": {"name": str(model), "max_seq_length": args.max_length},
+              "dataset": {"path": str(DATA), "test_size": 0},
+              "lora": {"r": 8, "alpha": 16, "num_layers": -1},
+              "training": {"max_steps": iters, "per_device_train_batch_size": args.batch_size,
+                           "learning_rate": 1e-4, "logging_steps": 1, "save_steps": 10**6,
+                           "lr_scheduler_type": "constant", "seed": 42}}
+    path = work / f"ours-{iters}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return timed([sys.executable, "-m", "synaptic_tui", "train", "--config", str(path), "--yes", "--wait",
+                  "--runs-dir", str(work / "runs")], REPO)
+
+
+def reference(model: Path, iters: int, work: Path, args) -> float:
+    data = work / "mlx-data"
+    if not data.exists():
+        data.mkdir()
+        rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+        (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (data / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[: args.batch_size]))
+    return timed([sys.executable, "-m", "mlx_lm", "lora", "--model", str(model), "--train", "--data", str(data),
+                  "--iters", str(iters), "--batch-size", str(args.batch_size), "--num-layers", "-1",
+                  "--learning-rate", "1e-4", "--steps-per-report", "1", "--steps-per-eval", str(10**6),
+                  "--val-batches", "1", "--save-every", str(10**6), "--max-seq-length", str(args.max_length),
+                  "--mask-prompt", "--adapter-path", str(work / f"mlx-adapters-{iters}"), "--seed", "42"], work)
+
+
+def tokens_per_batch(model: Path, batch_size: int) -> float:
+    """Mean tokens in a batch of the data as both trainers tokenize it (the chat template, tools included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True)) for r in rows]
+    return batch_size * sum(lengths) / len(lengths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", type=int, default=2, help="iterations of the short runs (A)")
+    parser.add_argument("--long", type=int, default=8, help="iterations of the long runs (B)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--model", type=Path, help="model directory (default: build the demo model)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = (args.model or demo_model(work)).resolve()
+        rates = {}
+        for name, run in (("ours (trainers.mlx_lora)", ours), ("python -m mlx_lm lora", reference)):
+            short, long = run(model, args.short, work, args), run(model, args.long, work, args)
+            rates[name] = (args.long - args.short) / (long - short)
+            print(f"{name:<26} {args.short} its {short:6.1f} s, {args.long} its {long:6.1f} s", flush=True)
+        per_batch = tokens_per_batch(model, args.batch_size)
+    print(f"{'trainer':<26} {'its/s':>7} {'tokens/s':>9}")
+    for name, rate in rates.items():
+        print(f"{name:<26} {rate:>7.3f} {rate * per_batch:>9.0f}")
+    ours_rate, ref_rate = rates.values()
+    print(f"ours / mlx_lm lora = {ours_rate / ref_rate:.2f}x (goal >= 0.97x); {os.cpu_count()} CPUs, "
+          f"batch {args.batch_size}, {per_batch:.0f} tokens per batch")
+
+
+if __name__ == "__main__":
+    main()
