@@ -102,6 +102,11 @@ def ensure_demo_model(config: dict[str, Any]) -> None:
     """Build the embedded demo model on first use (seconds, offline), in a child process: it needs torch."""
     if not use_demo_model(config):
         return
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        raise RuntimeError("building the demo model needs torch and transformers: "
+                           "pip install -c .ci/constraints.txt -e '.[train]'")
     out = subprocess.run([sys.executable, "-m", "trainers.demo_model", config["model"]["name"]],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:

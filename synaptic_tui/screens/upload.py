@@ -99,6 +99,8 @@ class UploadScreen(Screen):
         self.query_one("#upload-progress", ProgressBar).display = False  # an idle bar would pulse forever
         if self.run_dir is not None:
             self._fill_checkpoints(self.run_dir)
+        else:
+            self.note(f"No run with checkpoints in {self.app.services.runs_dir} yet: train one first (n).")
         self._fill_repo()
 
     # --- form ------------------------------------------------------------------
