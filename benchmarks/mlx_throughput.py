@@ -77,7 +77,8 @@ def tokens_per_batch(model: Path, batch_size: int) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(str(model))
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    lengths = [len(tokenizer.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True)) for r in rows]
+    lengths = [len(tokenizer.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=True,
+                                                 return_dict=True)["input_ids"]) for r in rows]
     return batch_size * sum(lengths) / len(lengths)
 
 

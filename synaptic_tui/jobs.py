@@ -59,9 +59,10 @@ def trainer_command(run_dir: Path, config: dict[str, Any], resume_from: str | No
 def trainer_environment(config: dict[str, Any], base: dict[str, str] | None = None) -> dict[str, str]:
     """The trainer's environment: the user's, plus thread settings that must precede `import torch`."""
     env = dict(os.environ if base is None else base)
-    # Idle OpenMP threads spin by default and make CPU LoRA training 8-20x slower here.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
+    if config.get("platform") != "mlx":  # torch's OpenMP pool; mlx runs its own threads
+        # Idle OpenMP threads spin by default and make CPU LoRA training 8-20x slower here.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1))))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONUNBUFFERED"] = "1"
     model = str((config.get("model") or {}).get("name", ""))

@@ -105,15 +105,16 @@ class StepHook:
     instead of yielding ends train() cleanly.
     """
 
-    def __init__(self, seed: int, start_step: int, on_step_end, should_stop) -> None:
-        self.seed, self.start_step = seed, start_step
+    def __init__(self, seed: int, start_step: int, on_step_end, should_stop, accumulation: int = 1) -> None:
+        self.seed, self.start_step, self.accumulation = seed, start_step, accumulation
         self.on_step_end, self.should_stop = on_step_end, should_stop
         self.epoch = 0.0
         self.stopped_at: int | None = None
         self.steps_per_epoch = 1
 
     def __call__(self, dataset, batch_size, max_seq_length, loop=False, seed=None, comm_group=None):
-        order = sorted(range(len(dataset)), key=dataset.itemlen)
+        # By token count: CacheDataset.itemlen() is the raw row's len(), the number of keys of a chat row.
+        order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
         if not loop:  # validation: every row once
             for i in range(0, len(order), batch_size):
                 yield collate([dataset[j] for j in order[i: i + batch_size]], max_seq_length)
@@ -136,7 +137,8 @@ class StepHook:
                     continue
                 if local > 0:
                     step = self.start_step + local
-                    stopping = self.should_stop()
+                    # With gradient accumulation a stop waits for an optimizer update to finish.
+                    stopping = self.should_stop() and step % self.accumulation == 0
                     self.on_step_end(step, stopping)
                     if stopping:
                         self.stopped_at = step
@@ -302,7 +304,8 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
         if step % save_steps == 0 or stopping:
             save(step)
 
-    hook = StepHook(seed, start, on_step_end, lambda: stop.requested)
+    hook = StepHook(seed, start, on_step_end, lambda: stop.requested,
+                    int(training.get("gradient_accumulation_steps", 1)))
     arguments = TrainingArgs(
         batch_size=batch_size, iters=total - start, val_batches=-1,
         steps_per_report=int(training.get("logging_steps", 1)),
