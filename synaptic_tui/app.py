@@ -114,8 +114,18 @@ class SynapticApp(App[int]):
     def action_help(self) -> None:
         from synaptic_tui.screens.help import HelpScreen
 
-        if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+        if isinstance(self.screen, HelpScreen):
+            return
+        # The keys of the screen and its focused widget, without the app-wide
+        # ones the help lists anyway; one line per key.
+        # The screen's own keys come first, then those of the focused widget.
+        screen = self.screen
+        active = [a for a in screen.active_bindings.values() if a.node is not self and a.binding.description]
+        active.sort(key=lambda a: a.node is not screen)
+        keys: dict[str, str] = {}
+        for item in active:
+            keys.setdefault(self.get_key_display(item.binding), item.binding.description)
+        self.push_screen(HelpScreen(list(keys.items())))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         for action in ACTIONS:

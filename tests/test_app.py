@@ -115,6 +115,21 @@ async def test_help_opens_with_f1_and_question_mark(runs_dir):
             assert isinstance(app.screen, HomeScreen)
 
 
+async def test_help_lists_the_keys_of_the_screen_underneath(sample_runs):
+    app = make_app(sample_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("f1")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        this_screen = dict(app.screen.screen_keys)
+        # The runs screen's own keys, not the help screen's "Close".
+        assert this_screen.get("c") == "Cancel" and this_screen.get("x") == "Delete"
+        assert "Close" not in this_screen.values()
+
+
 async def test_command_palette_lists_every_action(runs_dir):
     app = make_app(runs_dir)
     async with app.run_test(size=(120, 40)) as pilot:

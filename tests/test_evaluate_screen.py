@@ -73,7 +73,10 @@ async def test_run_an_eval_from_the_screen_and_watch_it_fill(tmp_path, runs_dir,
             summary = str(screen.query_one("#eval-summary", Static).render())
             assert "pass rate 100% (3/3, 0 errors)" in summary and "report:" in summary
             log = "\n".join(screen.query_one("#case-log", Log).lines)
-            assert "call: search_notes" in log
+            assert 'call: search_notes {"query": "x"} (native)' in log
+            # Every check of a passing case reads ok; the raw body the server sent is shown as sent.
+            assert "ok   expected_tools" in log and "FAIL" not in log
+            assert "raw:" in log and '"done": true' in log
             [eval_dir] = (tmp_path / "evals").iterdir()
             assert json.loads((eval_dir / "summary.json").read_text())["total"] == 3
         assert len(server.requests) == 3

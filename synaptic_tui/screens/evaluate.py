@@ -7,6 +7,7 @@ results.jsonl by byte offset. The evaluator's modules import only httpx.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -171,13 +172,20 @@ class EvalResults(Vertical):
             return
         question = next((m.get("content") for m in reversed(record.get("prompt") or []) if m.get("role") == "user"), "")
         lines = [f"case {case_id}: {question}"]
-        lines += [f"  {'ok ' if c.get('ok') else 'FAIL'} {c.get('name', '')}: {c.get('detail', '')}"
+        lines += [f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name', '')}: {c.get('detail', '')}"
                   for c in record.get("checks") or []]
-        lines += [f"  reason: {r}" for r in record.get("reasons") or []]
+        error = record.get("error")
+        if error:
+            lines.append(f"  error ({error.get('kind')}): {error.get('message')}")
         lines.append("response:")
         lines += (record.get("response") or "").splitlines() or ["(empty)"]
         for call in record.get("calls") or []:
-            lines.append(f"call: {call.get('name')} {call.get('arguments')}")
+            lines.append(f"call: {call.get('name')} {json.dumps(call.get('arguments'), ensure_ascii=False)}"
+                         f" ({call.get('source', 'native')})")
+        if record.get("raw") is not None:
+            # What the server sent last, as it sent it: the final body or stream chunk.
+            lines.append("raw:")
+            lines += json.dumps(record["raw"], indent=2, ensure_ascii=False).splitlines()
         log.write_lines(lines)
 
 

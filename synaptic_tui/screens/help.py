@@ -26,13 +26,16 @@ class HelpScreen(ModalScreen):
         Binding("question_mark", "dismiss", "Close", show=False, id="help.close_q"),
     ]
 
+    def __init__(self, screen_keys: list[tuple[str, str]] | None = None) -> None:
+        super().__init__()
+        # Read by the caller before this screen is pushed: once it is, the
+        # screen underneath is no longer the one whose keys are active.
+        self.screen_keys = screen_keys or []
+
     def compose(self) -> ComposeResult:
         lines = [INTRO, "## Actions", "", "| Key | Action | What it does |", "|---|---|---|"]
         lines += [f"| `{a.key}` | {a.title} | {a.help} |" for a in ACTIONS]
-        below = self.app.screen_stack[-1] if self.app.screen_stack else None
-        screen_keys = [
-            (b.key, b.description) for b in getattr(below, "BINDINGS", []) if isinstance(b, Binding) and b.description
-        ]
+        screen_keys = self.screen_keys
         if screen_keys:
             lines += ["", "## This screen", "", "| Key | Does |", "|---|---|"]
             lines += [f"| `{key}` | {desc} |" for key, desc in screen_keys]
