@@ -70,6 +70,8 @@ def _roots(args: argparse.Namespace, runs_dir: Path) -> list[Path]:
 class _Progress:
     """A live line on stderr: rewritten in place on a terminal, every few cases otherwise."""
 
+    BAR = 24  # characters
+
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
@@ -87,10 +89,11 @@ class _Progress:
         self.errors += bool(record.get("error"))
         if self.quiet:
             return
-        line = (f"{self.done}/{self.total} cases  passed {self.passed}  errors {self.errors}  "
-                f"last {record['id']} {record.get('latency_s') or 0:.2f}s")
+        filled = round(self.BAR * self.done / self.total) if self.total else self.BAR
+        line = (f"[{'#' * filled}{'-' * (self.BAR - filled)}] {self.done}/{self.total} cases  "
+                f"passed {self.passed}  errors {self.errors}  last {record['id']} {record.get('latency_s') or 0:.2f}s")
         if self.tty:
-            print(f"\r{line:<78}", end="", file=sys.stderr, flush=True)
+            print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
         elif (self.done - self.start_done) % max(1, self.total // 20) == 0 or self.done == self.total:
             print(line, file=sys.stderr, flush=True)
 
@@ -149,8 +152,8 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
     import asyncio
 
     from evaluator.prompts import PromptSetError, load_prompt_set
-    from evaluator.runner import (EvalCannotRun, create_eval, find_eval, load_eval, new_settings, preflight,
-                                  run_eval)
+    from evaluator.runner import (EvalCannotRun, create_eval, find_eval, load_eval, mark_eval_failed, new_settings,
+                                  preflight, run_eval)
 
     roots = _roots(args, runs_dir)
     if args.compare:
@@ -206,12 +209,15 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
         eval_dir, summary = asyncio.run(go())
     except EvalCannotRun as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
+        if eval_dir is not None:  # a resumed (or app-launched) eval: say why it stopped where the app looks
+            mark_eval_failed(eval_dir, str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
         progress.end()
         if eval_dir is not None:
+            # The path, not the id: an eval filed under a run is not in the default evals dir.
             print(f"{prog}: interrupted after {progress.done} of {progress.total} cases; resume with "
-                  f"--resume {eval_dir.name}", file=sys.stderr)
+                  f"--resume {eval_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
     progress.end()
     if args.json:

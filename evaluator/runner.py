@@ -125,11 +125,14 @@ def _write_meta(eval_dir: Path, meta: dict[str, Any]) -> None:
     atomic_write_text(eval_dir / "eval.json", json.dumps(meta, indent=2) + "\n")
 
 
-def _alive(meta: dict[str, Any]) -> bool | None:
-    from synaptic_tui.jobs import process_start_marker
+def _alive(meta: dict[str, Any], eval_dir: Path) -> bool | None:
+    from synaptic_tui.jobs import process_start_marker, trainer_alive
 
     pid = meta.get("pid")
-    if not isinstance(pid, int) or meta.get("host") != socket.gethostname():
+    if not isinstance(pid, int):
+        # Launched detached by the app and not yet (or never) running: the launcher's record says who to watch.
+        return trainer_alive(eval_dir)
+    if meta.get("host") != socket.gethostname():
         return None
     try:
         os.kill(pid, 0)
@@ -148,7 +151,7 @@ def load_eval(eval_dir: str | Path) -> EvalInfo:
     if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
         raise LookupError(f"{eval_dir} is not an eval directory (no readable eval.json)")
     state = meta.get("state", "running")
-    if state == "running" and _alive(meta) is False:
+    if state == "running" and _alive(meta, eval_dir) is False:
         state = "interrupted"
     settings = EvalSettings.from_dict(meta["settings"])
     summary = _read_json(eval_dir / "summary.json")
@@ -294,6 +297,14 @@ def _resolve_cases(settings: EvalSettings) -> list[Case]:
     if missing:
         raise EvalCannotRun(f"{settings.prompt_set} has no case {missing[0]!r} any more")
     return [by_id[i] for i in settings.case_ids]
+
+
+def mark_eval_failed(eval_dir: Path, error: str) -> None:
+    """Record why an eval could not run, so it does not read `running` for ever."""
+    meta = _read_json(eval_dir / "eval.json")
+    if isinstance(meta, dict) and meta.get("state") != "completed":
+        meta.update(state="failed", ended_at=utc_now(), error=error)
+        _write_meta(eval_dir, meta)
 
 
 def finish_eval(eval_dir: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class OllamaServer:
         self.hang = hang
         self.faults: list[str | None] = []
         self.requests: list[dict[str, Any]] = []  # chat request bodies, in arrival order
+        self.in_flight = self.max_in_flight = 0  # chat requests being answered now / at most at once
         self._lock = threading.Lock()
         server = self
 
@@ -72,7 +73,14 @@ class OllamaServer:
 
             def do_POST(self) -> None:
                 if self.path == "/api/chat":
-                    server._chat(self)
+                    with server._lock:
+                        server.in_flight += 1
+                        server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    try:
+                        server._chat(self)
+                    finally:
+                        with server._lock:
+                            server.in_flight -= 1
                 else:
                     server._json(self, 404, {"error": "not found"})
 
@@ -148,7 +156,7 @@ class OllamaServer:
                                 else b'{"model": "x", "message": ')
             return
         if self.upstream:
-            chunks, final = self._forward(body, self.models[name], stream, handler if stream else None, fault)
+            chunks, final = self._forward(body, self.models[name], stream, handler, fault)
         else:
             time.sleep(self.latency)
             chunks, final = self._scripted(body), None
@@ -202,7 +210,7 @@ class OllamaServer:
             handler.wfile.flush()
 
     def _forward(self, body: dict[str, Any], upstream_model: str, stream: bool,
-                 handler: BaseHTTPRequestHandler | None, fault: str | None) -> tuple[Any, Any]:
+                 handler: BaseHTTPRequestHandler, fault: str | None) -> tuple[Any, Any]:
         """Ask the upstream OpenAI-compatible server; stream its deltas out as Ollama NDJSON as they arrive."""
         options = body.get("options") or {}
         request: dict[str, Any] = {"model": upstream_model, "messages": body.get("messages") or [], "stream": stream}
@@ -215,7 +223,11 @@ class OllamaServer:
             request["stream_options"] = {"include_usage": True}
         with httpx.Client(trust_env=False, timeout=120) as client:
             if not stream:
-                data = client.post(f"{self.upstream}/chat/completions", json=request).json()
+                response = client.post(f"{self.upstream}/chat/completions", json=request)
+                if response.status_code >= 400:
+                    self._upstream_error(handler, response)
+                    return None, None
+                data = response.json()
                 message = data["choices"][0]["message"]
                 usage = data.get("usage") or {}
                 reason = "length" if data["choices"][0].get("finish_reason") == "length" else "stop"
@@ -223,13 +235,20 @@ class OllamaServer:
                          "eval_count": usage.get("completion_tokens", 0), "done_reason": reason}], None
             started = time.perf_counter()
             model = body["model"]
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/x-ndjson")
-            handler.end_headers()
             usage: dict[str, Any] = {}
             reason = "stop"
             sent = 0
+            # OpenAI streams a tool call in pieces (name first, arguments in fragments, keyed by index);
+            # Ollama sends each call whole, so pieces are gathered and the calls sent once complete.
+            calls: dict[int, dict[str, Any]] = {}
             with client.stream("POST", f"{self.upstream}/chat/completions", json=request) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._upstream_error(handler, response)
+                    return None, None
+                handler.send_response(200)
+                handler.send_header("Content-Type", "application/x-ndjson")
+                handler.end_headers()
                 for line in response.iter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
@@ -239,16 +258,35 @@ class OllamaServer:
                         delta = choice.get("delta") or {}
                         if choice.get("finish_reason") == "length":
                             reason = "length"
-                        if delta.get("content") or delta.get("tool_calls"):
-                            message = self._ollama_message(delta)
+                        for piece in delta.get("tool_calls") or []:
+                            call = calls.setdefault(piece.get("index", len(calls)), {"name": "", "arguments": ""})
+                            function = piece.get("function") or {}
+                            call["name"] += function.get("name") or ""
+                            arguments = function.get("arguments")
+                            call["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})
+                        if delta.get("content"):
+                            message = {"role": "assistant", "content": delta["content"]}
                             handler.wfile.write(json.dumps(self._chunk(model, message)).encode() + b"\n")
                             handler.wfile.flush()
                             sent += 1
                             if fault == "truncate" and sent >= 2:
                                 return None, None
+            if calls:
+                whole = {"tool_calls": [{"function": calls[i]} for i in sorted(calls)]}
+                handler.wfile.write(json.dumps(self._chunk(model, self._ollama_message(whole))).encode() + b"\n")
             handler.wfile.write(json.dumps(self._final(model, started, usage.get("prompt_tokens", 0),
                                                        usage.get("completion_tokens", 0), reason)).encode() + b"\n")
             return None, None
+
+    def _upstream_error(self, handler: BaseHTTPRequestHandler, response: httpx.Response) -> None:
+        """Ollama reports a failed generation as {"error": "..."} with the status, before any chunk."""
+        try:
+            detail = response.json().get("error")
+            detail = detail.get("message") if isinstance(detail, dict) else detail
+        except (ValueError, AttributeError):
+            detail = None
+        self._json(handler, response.status_code if response.status_code < 500 else 500,
+                   {"error": detail or response.text[:200] or f"upstream status {response.status_code}"})
 
     @staticmethod
     def _ollama_message(openai_message: dict[str, Any]) -> dict[str, Any]:

@@ -336,6 +336,20 @@ async def test_5xx_and_connect_errors_are_retried_with_a_bound():
     assert str(err.value).startswith("cannot connect to http://test/api/chat") and "(after 3 attempts)" in str(err.value)
 
 
+async def test_retries_back_off_exponentially(monkeypatch):
+    waits = []
+
+    async def no_wait(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(clients.asyncio, "sleep", no_wait)
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": "loading"}))
+    async with OllamaClient("http://test", transport=transport, retries=3, backoff=0.5) as client:
+        with pytest.raises(BackendError):
+            await client.chat("m", [], stream=False)
+    assert waits == [0.5, 1.0, 2.0]
+
+
 async def test_ollama_non_streaming_tool_calls_and_options():
     seen = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,9 @@ from evaluator.prompts import load_prompt_set
 from evaluator.runner import create_eval, load_eval, new_settings, read_results, run_eval
 
 PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+# ollama/ollama docs/api.md, "Generate a chat completion": the last response of a chat.
+OLLAMA_FINAL_FIELDS = {"model", "created_at", "message", "done", "done_reason", "total_duration", "load_duration",
+                       "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"}
 
 
 def free_port() -> int:
@@ -135,7 +139,11 @@ def test_eval_through_the_ollama_api_backed_by_the_real_model(mlx_server, small_
         assert [t["function"]["name"] for t in body["tools"]][:2] == ["search_notes", "read_note"]
     evals = list((run_dir / "evals").iterdir())
     assert len(evals) == 1 and evals[0].name.endswith("-demo-model")
-    check_records(evals[0], 4, streamed=stream)
+    records = check_records(evals[0], 4, streamed=stream)
+    for record in records:  # the final chunk (or whole body) as Ollama's API documents it
+        assert OLLAMA_FINAL_FIELDS <= set(record["raw"]), sorted(record["raw"])
+        assert record["raw"]["done"] is True and record["raw"]["model"] == "demo-model"
+        assert record["raw"]["eval_count"] == record["completion_tokens"]
     assert json.loads((evals[0] / "eval.json").read_text())["settings"]["run_id"] == run_dir.name
     assert "passed" in out.stdout and str(evals[0] / "report.md") in out.stdout
 
@@ -208,6 +216,102 @@ async def test_non_streaming_malformed_body_and_a_server_that_goes_away(tmp_path
     assert summary["total"] == 4 and load_eval(eval_dir).state == "completed"
 
 
+class CannedUpstream:
+    """An OpenAI-compatible server that answers every chat with fixed SSE events (or an error status)."""
+
+    def __init__(self, events: list[dict] | None = None, status: int = 200):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if status != 200:
+                    body = json.dumps({"error": {"message": "model crashed", "type": "server_error"}}).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for event in canned.events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.events = events or []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+async def test_the_ollama_server_sends_a_tool_call_streamed_in_pieces_whole():
+    # OpenAI-style streaming: the name, then the arguments in fragments, then usage.
+    piece = lambda **fn: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **({"id": "c1", "type": "function"} if "name" in fn else {}), "function": fn}]}, "finish_reason": None}]}  # noqa: E731,E501
+    events = [piece(name="get_weather", arguments=""), piece(arguments='{"city": '), piece(arguments='"Oslo"}'),
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+              {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}]
+    upstream = CannedUpstream(events)
+    try:
+        with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
+            async with OllamaClient(server.url) as client:
+                result = await client.chat("m", [{"role": "user", "content": "weather?"}], stream=True)
+    finally:
+        upstream.close()
+    assert result.tool_calls == [{"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Oslo"}}}]
+    assert (result.prompt_tokens, result.completion_tokens) == (9, 7)
+    assert OLLAMA_FINAL_FIELDS <= set(result.raw)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_ollama_server_passes_an_upstream_failure_on_as_an_ollama_error(stream):
+    from evaluator.clients import BackendError
+
+    upstream = CannedUpstream(status=500)
+    try:
+        with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
+            async with OllamaClient(server.url, retries=0) as client:
+                with pytest.raises(BackendError) as err:
+                    await client.chat("m", [{"role": "user", "content": "hi"}], stream=stream)
+    finally:
+        upstream.close()
+    assert err.value.status == 500 and "model crashed" in str(err.value)
+
+
+@pytest.mark.parametrize("concurrency", [None, 2])
+async def test_requests_in_flight_never_exceed_the_concurrency(tmp_path, concurrency):
+    prompt_set = load_prompt_set(PROMPTS)
+    with OllamaServer(reply={"content": "hi"}, latency=0.15) as server:
+        options = {"concurrency": concurrency} if concurrency else {}
+        settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, limit=12, **options)
+        eval_dir = create_eval(settings, tmp_path / "evals")
+        summary = await run_eval(eval_dir)
+    assert summary["total"] == 12 and summary["errors"] == 0
+    # The default is 4 at once; each limit is reached (the server is slow enough) and never passed.
+    assert server.max_in_flight == (concurrency or 4)
+
+
+def test_an_eval_where_no_case_got_an_answer_exits_1(tmp_path):
+    with OllamaServer() as server:
+        server.faults = ["500"] * 3
+        out = run_cli("eval", "--url", server.url, "--model", "demo-model", "--prompt-set", str(PROMPTS),
+                      "--limit", "3", "--retries", "0", "--evals-dir", str(tmp_path / "evals"), cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert f"no case got an answer from {server.url}" in out.stderr
+    [eval_dir] = (tmp_path / "evals").iterdir()
+    assert json.loads((eval_dir / "summary.json").read_text())["errors"] == 3  # the report is still written
+
+
 def test_missing_model_exits_1_with_what_to_pull(tmp_path):
     with OllamaServer() as server:
         out = run_cli("eval", "--url", server.url, "--model", "qwen3", "--prompt-set", str(PROMPTS),
@@ -254,6 +358,52 @@ def test_killed_eval_resumes_with_only_the_missing_cases(tmp_path):
     assert sorted(r["id"] for r in rows) == sorted(settings.case_ids)
     assert json.loads(out.stdout)["total"] == 10
     assert load_eval(eval_dir).state == "completed"
+
+
+def test_an_app_launched_eval_that_cannot_run_says_why(tmp_path):
+    from synaptic_tui.screens.evaluate import launch_eval
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+    settings = new_settings("ollama", "demo-model", load_prompt_set(PROMPTS), url=url, limit=2)
+    eval_dir = create_eval(settings, tmp_path / "evals")
+    launch_eval(eval_dir)
+    deadline = time.monotonic() + 60
+    while load_eval(eval_dir).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    info = load_eval(eval_dir)
+    # Not `running` for ever: the reason the detached eval stopped is where the app reads it.
+    assert info.state == "failed" and f"not reachable at {url}" in info.error
+
+
+def test_ctrl_c_stops_an_eval_with_a_resume_command_that_works(tmp_path, runs_dir):
+    run_dir = write_run(runs_dir, "20261120-091500-sft-demo-model", final=True)
+    with OllamaServer(reply={"content": "hi"}, latency=0.3) as server:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "synaptic_tui.cli", "eval", "--url", server.url, "--model", "demo-model",
+             "--prompt-set", str(PROMPTS), "--limit", "8", "--concurrency", "1", "--run", run_dir.name,
+             "--runs-dir", str(runs_dir)],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            results = list((run_dir / "evals").glob("*/results.jsonl"))
+            if results and len(results[0].read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        eval_dir = results[0].parent
+        assert f"resume with --resume {eval_dir}" in stderr
+        # The live progress bar, one line per case when stderr is not a terminal.
+        bars = re.findall(r"^\[(#*)(-*)\] (\d+)/8 cases  passed \d+  errors 0", stderr, re.M)
+        assert bars and all(len(done) + len(todo) == 24 for done, todo, _ in bars)
+        assert [int(n) for _, _, n in bars] == list(range(1, len(bars) + 1))
+        assert load_eval(eval_dir).state == "interrupted"
+        # The hint works from anywhere, though the eval is filed under a run and not in ./evals.
+        out = run_cli("eval", "--resume", str(eval_dir), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"] == 8 and load_eval(eval_dir).state == "completed"
 
 
 def test_compare_from_the_command_line(tmp_path):

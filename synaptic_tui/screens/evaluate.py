@@ -141,8 +141,6 @@ class EvalResults(Vertical):
                 self.show_summary()
 
     def show_summary(self) -> None:
-        import json
-
         try:
             summary = json.loads((self.eval_dir / "summary.json").read_text())
         except (OSError, ValueError):
