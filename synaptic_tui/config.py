@@ -101,6 +101,23 @@ class TrainingSection(Section):
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fp16_bf16(cls, data: Any) -> Any:
+        # The original tuner's (and TrainingArguments') precision switches: fp16/bf16 true -> precision.
+        if isinstance(data, dict) and ("fp16" in data or "bf16" in data):
+            data = dict(data)
+            flags = {key: data.pop(key) for key in ("fp16", "bf16") if key in data}
+            for key, value in flags.items():
+                if not isinstance(value, bool):
+                    raise CrossFieldError(f"training.{key}", f"must be true or false (got {value!r})")
+            on = [key for key, value in flags.items() if value]
+            if len(on) > 1:
+                raise CrossFieldError("training.bf16", "fp16 and bf16 are both true; set one (or precision)")
+            if "precision" not in data:
+                data["precision"] = on[0] if on else "fp32" if len(flags) == 2 else "auto"
+        return data
+
     @field_validator("max_steps")
     @classmethod
     def _steps(cls, value: int) -> int:
@@ -451,8 +468,6 @@ def _message(error: dict[str, Any], loc: tuple[str, ...]) -> str:
         return f"must be >= {_num(ctx['ge'])}"
     if kind == "less_than":
         return f"must be < {_num(ctx['lt'])}"
-    if kind == "less_than_equal":
-        return f"must be <= {_num(ctx['le'])}"
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         return f"must be one of: {', '.join(choices)} (got {got!r})"
@@ -473,6 +488,12 @@ def _message(error: dict[str, Any], loc: tuple[str, ...]) -> str:
     if kind == "extra_forbidden":
         model = _model_for(loc[:-1])
         keys = _known_keys(model) if model else []
+        # pydantic takes the first of a field's names it finds and calls the others unknown.
+        same = next((name for name, f in (model.model_fields.items() if model else ())
+                     if isinstance(f.validation_alias, AliasChoices) and loc[-1] in f.validation_alias.choices), None)
+        if same is not None:
+            names = " / ".join(str(a) for a in model.model_fields[same].validation_alias.choices)
+            return f"the same setting as {'.'.join((*loc[:-1], same))} ({names}): give only one"
         close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
         if close:
             return f"unknown key; did you mean '{close[0]}'?"

@@ -311,7 +311,18 @@ def _legacy_config(path: Path) -> dict[str, Any]:
     return {}
 
 
+def _scan_legacy_root(path: Path, method: str) -> Iterable[RunInfo]:
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and is_legacy_run(child):
+            yield load_legacy_run(child, method)
+
+
 def _scan_root(root: Path) -> Iterable[RunInfo]:
+    # `--runs-dir sft_output_rtx3090`: the runs dir is itself one of the original tuner's output roots.
+    own = LEGACY_ROOT_RE.match(root.resolve().name)
+    if own and root.is_dir():
+        yield from _scan_legacy_root(root, own.group("method").lower())
+        return
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError:
@@ -322,9 +333,7 @@ def _scan_root(root: Path) -> Iterable[RunInfo]:
         path = Path(entry.path)
         legacy_root = LEGACY_ROOT_RE.match(entry.name)
         if legacy_root:
-            for child in sorted(path.iterdir()):
-                if child.is_dir() and is_legacy_run(child):
-                    yield load_legacy_run(child, legacy_root.group("method").lower())
+            yield from _scan_legacy_root(path, legacy_root.group("method").lower())
             continue
         run = load_run(path)
         if run is not None:

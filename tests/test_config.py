@@ -68,10 +68,36 @@ def test_yaml_overrides_defaults_and_set_overrides_yaml(tmp_path):
      "config.yaml:2 platform: mlx-lm has no KTO trainer; use platform cuda or cpu"),
     ("training:\n  warmup_ratio: 0.1\n  warmup_steps: 5\n",
      "config.yaml:3 training.warmup_steps: set warmup_ratio or warmup_steps, not both"),
+    ("training:\n  warmup_ratio: -0.1\n", "config.yaml:2 training.warmup_ratio: must be >= 0"),
+    ("training:\n  learning_rate: abc\n", "config.yaml:2 training.learning_rate: must be a number (got 'abc')"),
+    ("training:\n  gradient_checkpointing: maybe\n",
+     "config.yaml:2 training.gradient_checkpointing: must be true or false (got 'maybe')"),
+    ("model:\n  name: [1, 2]\n", "config.yaml:2 model.name: must be text (got [1, 2])"),
+    ("export:\n  formats: lora\n", "config.yaml:2 export.formats: must be a list (got 'lora')"),
+    ("lora:\n  num_layers: 0\n", "config.yaml:2 lora.num_layers: must be -1 (all layers) or > 0"),
+    # A setting given under two of its names (the original tuner's and ours).
+    ("model:\n  name: a\n  model_name: b\n",
+     "config.yaml:3 model.model_name: the same setting as model.name (name / model_name): give only one"),
+    ("training:\n  fp16: true\n  bf16: true\n",
+     "config.yaml:3 training.bf16: fp16 and bf16 are both true; set one (or precision)"),
+    ("training:\n  bf16: yes please\n", "config.yaml:2 training.bf16: must be true or false (got 'yes please')"),
 ])
 def test_each_bad_value_is_one_line_with_file_line_and_field(tmp_path, monkeypatch, text, expected):
     monkeypatch.chdir(tmp_path)
     assert error_lines(Path("config.yaml") if write(tmp_path, text) else None) == [expected]
+
+
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfe\x00 not text")
+    [line] = error_lines(Path("config.yaml"))
+    assert line.startswith("config.yaml: cannot read: ") and "decode" in line
+
+
+@pytest.mark.parametrize(("flags", "precision"), [("fp16: true", "fp16"), ("bf16: true\n  fp16: false", "bf16"),
+                                                  ("fp16: false\n  bf16: false", "fp32"), ("fp16: false", "auto")])
+def test_the_original_fp16_bf16_switches_set_the_precision(tmp_path, flags, precision):
+    assert load_config(write(tmp_path, f"training:\n  {flags}\n")).training.precision == precision
 
 
 def test_unknown_key_without_a_close_match_lists_the_valid_ones(tmp_path, monkeypatch):

@@ -145,6 +145,18 @@ def test_legacy_discovery_is_read_only(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
+def test_legacy_run_reads_its_config_and_a_legacy_root_can_be_the_runs_dir(tmp_path):
+    roots = write_legacy_runs(tmp_path)
+    (roots["sft"] / "config.yaml").write_text(
+        "model:\n  model_name: unsloth/Qwen2.5-0.5B-Instruct\n"
+        "dataset:\n  local_file: data/syngen_tools_sft.jsonl\n  use_local_file: true\n")
+    # `--runs-dir sft_output_rtx3090`: the original tuner's output folder itself.
+    [run] = list_runs(tmp_path / "sft_output_rtx3090")
+    assert run.path == roots["sft"] and run.legacy and run.method == "sft"
+    assert (run.model, run.dataset) == ("unsloth/Qwen2.5-0.5B-Instruct", "data/syngen_tools_sft.jsonl")
+    assert [r.method for r in list_runs(tmp_path / "kto_output_rtx3090")] == ["kto"]
+
+
 def test_list_runs_skips_foreign_and_half_created_dirs(runs_dir):
     write_run(runs_dir, "20261120-091500-sft-ok", status={"state": "succeeded"})
     (runs_dir / "random-folder").mkdir()
