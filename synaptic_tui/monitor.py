@@ -2,9 +2,12 @@
 
 Curves are decimated series (at most a few thousand points each); checkpoint
 rows need "the metrics at or nearest before step N", so a merged snapshot is
-kept for every save step (and for the last few hundred steps, in case a
-checkpoint shows up at a step we did not expect). A million-line metrics file
-costs a few hundred kilobytes here, not a copy of its text.
+kept for every step a checkpoint is saved at: the multiples of save_steps and
+the steps of the checkpoints on disk (a cancel-time checkpoint, a legacy run),
+taken as the records pass those steps whether or not a record lands exactly
+on them; the last few hundred records are kept as logged besides, for a
+checkpoint that appears at a step nobody announced. A million-line metrics
+file costs a few hundred kilobytes here, not a copy of its text.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class RunMetrics:
         self.method = method if method in CURVES else "sft"
         self.save_steps = save_steps
         self.max_points = max_points
+        self.watched: set[int] = set()  # checkpoint steps seen on disk; they outlive a rewritten file
         self.reset()
 
     def reset(self) -> None:
@@ -66,21 +70,48 @@ class RunMetrics:
         self.recent: deque[tuple[int, dict[str, Any]]] = deque()
         self.window_base: dict[str, Any] = {}
         self.last_step = 0
+        self._step = 0  # the step of the last record (last_step is the highest)
         self.records = 0
+
+    def set_checkpoints(self, steps: Iterable[int | None]) -> None:
+        """The checkpoint steps now on disk (call before adding records). Their metrics are kept exactly;
+        snapshots of checkpoints rotated away by save_total_limit are dropped once the recent window has
+        passed them, so a long run keeps a handful of snapshots, not one per save."""
+        self.watched = {s for s in steps if isinstance(s, int)}
+        if self.recent:
+            oldest = self.recent[0][0]
+            for stale in [s for s in self.saved if s < oldest and s not in self.watched]:
+                del self.saved[stale]
+
+    def _is_save_step(self, step: int) -> bool:
+        return step in self.watched or bool(self.save_steps and step % self.save_steps == 0)
+
+    def _passed(self, before: int, after: int) -> list[int]:
+        """Save steps in [before, after): crossed by a jump from a record at `before` to one at `after`."""
+        passed = [s for s in self.watched if before <= s < after]
+        if self.save_steps:
+            first = -(-before // self.save_steps) * self.save_steps
+            passed += range(first, after, self.save_steps)
+        return passed
 
     def add(self, records: Iterable[dict[str, Any]]) -> None:
         for record in records:
             step = record.get("step")
             if not isinstance(step, int):
                 continue
+            if self.records and step > self._step:
+                # Logging every k steps skips save steps: what was logged last is their "nearest before".
+                for passed in self._passed(self._step + 1, step):
+                    self.saved[passed] = dict(self.latest)
             self.records += 1
+            self._step = step
             self.latest.update(record)
             self.last_step = max(self.last_step, step)
             for key, series in self.series.items():
                 value = record.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     series.add(step, float(value))
-            if self.save_steps and step % self.save_steps == 0:
+            if self._is_save_step(step):
                 self.saved[step] = dict(self.latest)
             self.recent.append((step, record))
             if len(self.recent) > RECENT_SNAPSHOTS:
@@ -100,6 +131,15 @@ class RunMetrics:
             return merged
         earlier = [s for s in self.saved if s <= step]
         return self.saved[max(earlier)] if earlier else {}
+
+    def steps_per_second(self, window: int = 20) -> float | None:
+        """Training speed over the last `window` timed records: a pause (cancel, then resume hours later)
+        leaves the rate once the window has moved past it, unlike an average over the whole run."""
+        timed = [(step, r["time"]) for step, r in list(self.recent)[-window:]
+                 if isinstance(r.get("time"), (int, float))]
+        if len(timed) < 2 or timed[-1][1] <= timed[0][1] or timed[-1][0] <= timed[0][0]:
+            return None
+        return (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
 
     def checkpoint_rows(self, checkpoints: list[Checkpoint]) -> tuple[list[CheckpointRow], str | None]:
         """One row per checkpoint with its metrics and score, and the name of the best one."""

@@ -91,8 +91,41 @@ def test_run_metrics_stay_bounded_and_exact_at_checkpoints():
                                        "rewards/chosen": 700}
     # An unexpected checkpoint step inside the recent window (a cancel) is exact too.
     assert metrics.metrics_at(4999)["rewards/chosen"] == 4998 and metrics.metrics_at(4999)["loss"] == 1 / 4999
-    # Before any save step and before the window: nothing known.
-    assert metrics.metrics_at(50) == {}
+    # A step nobody said would be a checkpoint, far behind the window: the nearest snapshot before it
+    # (what the view never needs: it watches the steps of the checkpoints on disk, below).
+    assert metrics.metrics_at(650)["step"] == 600
     rows, best = metrics.checkpoint_rows([Checkpoint("checkpoint-700", None, 700),
                                           Checkpoint("checkpoint-4999", None, 4999)])
     assert [round(r.score, 3) for r in rows] == [7.0, 49.99] and best == "checkpoint-4999"
+
+
+def test_checkpoints_off_the_logging_grid_and_off_the_save_grid_are_exact():
+    from synaptic_tui.monitor import RunMetrics
+
+    # Logged every 3 steps, saved every 10: no record lands on 10, 20, ...; a cancel saved at 1234
+    # and a resume went on; the view told the metrics about checkpoint-1234 before the backlog came.
+    metrics = RunMetrics("sft", save_steps=10)
+    metrics.set_checkpoints([1234, None])
+    metrics.add({"step": s, "loss": s / 10_000, "learning_rate": 1e-4} for s in range(3, 3000, 3))
+    assert metrics.metrics_at(10)["step"] == 9 and metrics.metrics_at(20)["step"] == 18
+    assert metrics.metrics_at(1234) == {"step": 1233, "loss": 0.1233, "learning_rate": 1e-4}
+    # A legacy run has no save_steps at all: the checkpoints on disk are what is watched.
+    legacy = RunMetrics("sft")
+    legacy.set_checkpoints([500])
+    legacy.add({"step": s, "loss": float(s)} for s in range(1, 3000))
+    assert legacy.metrics_at(500) == {"step": 500, "loss": 500.0} and len(legacy.saved) == 1
+    # Checkpoints rotated away by save_total_limit: their snapshots go once the window is past them.
+    metrics.set_checkpoints([1234, 2990])
+    first_kept = -(-metrics.recent[0][0] // 10) * 10  # the first save step inside the 512-record window
+    assert sorted(metrics.saved) == [1234, *range(first_kept, 3000, 10)]
+
+
+def test_steps_per_second_follows_the_recent_pace_not_the_whole_run():
+    from synaptic_tui.monitor import RunMetrics
+
+    metrics = RunMetrics("sft")
+    metrics.add({"step": s, "time": 100.0 + s} for s in range(1, 51))  # 1 step/s
+    assert metrics.steps_per_second() == 1.0
+    # Cancelled at 50, resumed an hour later at 4 steps/s: the pause drops out of the window.
+    metrics.add({"step": 50 + s, "time": 3750.0 + s / 4} for s in range(1, 41))
+    assert metrics.steps_per_second() == 4.0

@@ -35,7 +35,11 @@ async def settle(pilot, predicate, timeout=5.0):
 
 
 def column(table: CheckpointTable, key: str) -> list[str]:
-    return [table.get_cell(name, key) for name in (str(r.value) for r in table.rows)]
+    """A column's cells top to bottom, as shown (sorted, if the table is)."""
+    from textual.coordinate import Coordinate
+
+    index = table.get_column_index(key)
+    return [table.get_cell_at(Coordinate(row, index)) for row in range(table.row_count)]
 
 
 async def test_kto_rows_best_marker_curves_and_log_follow_the_files(runs_dir):
@@ -199,3 +203,151 @@ async def test_runs_screen_resume_relaunches_from_the_last_checkpoint(sample_run
     record = read_launch(sample_runs / "20261122-080000-sft-qwen2.5-0.5b")
     assert record is not None and record.command[-2:] == ["--resume-from", "checkpoint-35"]
     assert notes == ["20261122-080000-sft-qwen2.5-0.5b: resumed from checkpoint-35."]
+
+
+async def test_sorting_by_any_column_stays_sorted_as_rows_come_and_change(runs_dir):
+    run_dir = write_run(runs_dir, "20261122-140000-sft-sorted", status={"state": "running", "max_steps": 40},
+                        config={"training": {"save_steps": 5}})
+    metrics = run_dir / "metrics.jsonl"
+    losses = {5: 2.0, 10: 1.0, 15: 3.0}
+    append(metrics, *({"step": s, "loss": loss} for s, loss in losses.items()))
+    for step in losses:
+        (run_dir / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    app = SynapticApp(Services.create(runs_dir, refresh_seconds=0.1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_run(app, pilot, run_dir)
+        table = screen.query_one(CheckpointTable)
+        await settle(pilot, lambda: table.row_count == 3)
+        await pilot.press("s")  # step -> checkpoint name (by its number, not as text)
+        assert column(table, "checkpoint") == ["checkpoint-5", "checkpoint-10", "checkpoint-15"]
+        await pilot.press("s")  # -> loss
+        assert column(table, "loss") == ["1.0000", "2.0000", "3.0000"]
+        await pilot.press("S")  # descending
+        assert column(table, "loss") == ["3.0000", "2.0000", "1.0000"]
+        # A new checkpoint lands in its sorted place, not at the bottom.
+        append(metrics, {"step": 20, "loss": 2.5})
+        (run_dir / "checkpoints" / "checkpoint-20").mkdir()
+        await settle(pilot, lambda: table.row_count == 4)
+        assert column(table, "checkpoint") == ["checkpoint-15", "checkpoint-20", "checkpoint-5", "checkpoint-10"]
+        # A changed cell (a later log at the checkpoint's step) moves its row too.
+        append(metrics, {"step": 20, "loss": 0.5})
+        await settle(pilot, lambda: column(table, "loss")[-1] == "0.5000")
+        assert column(table, "checkpoint")[-1] == "checkpoint-20"
+
+
+async def test_a_running_run_shows_its_recent_rate_and_eta(runs_dir):
+    run_dir = write_run(runs_dir, "20261122-150000-sft-running",
+                        status={"state": "running", "step": 30, "max_steps": 100, "engine": "transformers",
+                                "started_at": "2026-11-22T15:00:00+00:00"},
+                        # 1 step/s, then (after a cancel and a resume much later) 2 steps/s.
+                        metrics=[{"step": s, "time": 100.0 + s} for s in range(1, 11)]
+                        + [{"step": s, "time": 5000.0 + s / 2} for s in range(11, 31)])
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_run(app, pilot, run_dir)
+        await settle(pilot, lambda: screen.metrics.records == 30)
+        screen.refresh_status()
+        state = str(screen.query_one("#run-state", Static).render())
+        assert "running" in state and "2.00 steps/s" in state and "ETA 0m35s" in state
+
+
+async def test_a_trainer_that_died_shows_failed_with_the_reason(runs_dir):
+    import os
+    import sys
+
+    from synaptic_tui.jobs import launch_detached
+    from synaptic_tui.screens.runs import RunsScreen
+    from synaptic_tui.widgets.runs_table import RunsTable
+
+    run_dir = write_run(runs_dir, "20261122-160000-sft-killed", status={"state": "running", "step": 3, "max_steps": 9})
+    # A real process that exits without writing a final state, as a trainer killed with SIGKILL does.
+    record = launch_detached([sys.executable, "-c", "pass"], run_dir, run_dir / "train.log", {})
+    os.waitpid(record.pid, 0)
+    app = SynapticApp(Services.create(runs_dir, refresh_seconds=0.1))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, RunsScreen)
+        table = app.screen.query_one(RunsTable)
+        await settle(pilot, lambda: "failed" in str(table.get_row(run_dir.name)))
+        await pilot.press("enter")
+        await settle(pilot, lambda: isinstance(app.screen, RunScreen))
+        app.screen.refresh_status()
+        state = str(app.screen.query_one("#run-state", Static).render())
+        assert "failed" in state and "trainer process vanished" in state
+
+
+async def test_log_pane_stops_following_when_scrolled_up_and_starts_over_on_a_new_file(runs_dir):
+    run_dir = write_run(runs_dir, "20261122-170000-sft-log", status={"state": "running", "max_steps": 9})
+    log_path = run_dir / "train.log"
+    log_path.write_text("".join(f"line {i}\n" for i in range(200)))
+    app = SynapticApp(Services.create(runs_dir, refresh_seconds=0.1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_run(app, pilot, run_dir)
+        log = screen.query_one(Log)
+        await settle(pilot, lambda: len(log.lines) == 200 and log.is_vertical_scroll_end)
+        log.scroll_home(animate=False)
+        await pilot.pause(0.05)
+        append(log_path, raw="line 200\n")
+        await settle(pilot, lambda: len(log.lines) == 201)
+        assert log.scroll_y == 0  # the user is reading: the tail does not pull them down
+        log.scroll_end(animate=False)
+        await pilot.pause(0.05)
+        append(log_path, raw="line 201\n")
+        await settle(pilot, lambda: len(log.lines) == 202)
+        await settle(pilot, lambda: log.is_vertical_scroll_end)
+        # A resumed trainer (or log rotation) replaces the file: the pane starts over.
+        replaced = run_dir / "train.log.new"
+        replaced.write_text("resumed\n")
+        replaced.replace(log_path)
+        await settle(pilot, lambda: log.lines == ["resumed"])
+
+
+async def test_keys_move_and_each_checkpoint_action_opens_its_screen(runs_dir):
+    from synaptic_tui.screens.evaluate import EvaluateScreen
+    from synaptic_tui.screens.upload import UploadScreen
+
+    run_dir = write_run(runs_dir, "20261122-180000-sft-keys", status={"state": "succeeded", "step": 10},
+                        checkpoints=(5, 10), final=True, metrics=[{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.0}])
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_run(app, pilot, run_dir)
+        table = screen.query_one(CheckpointTable)
+        await settle(pilot, lambda: table.row_count == 3)
+        assert table.highlighted == "checkpoint-5"
+        await pilot.press("j")
+        assert table.highlighted == "checkpoint-10"
+        await pilot.press("down", "k")
+        assert table.highlighted == "checkpoint-10"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        await pilot.press("down", "down", "enter")  # Evaluate
+        await settle(pilot, lambda: isinstance(app.screen, EvaluateScreen))
+        note = str(app.screen.query_one("#eval-run", Static).render())
+        assert f"filed under run {run_dir.name}, checkpoint-10" in note and "export it first" in note
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        await pilot.press("down", "enter")  # Upload
+        await settle(pilot, lambda: isinstance(app.screen, UploadScreen))
+        assert app.screen.checkpoint == "checkpoint-10"
+
+
+async def test_without_file_events_the_view_polls_fast(runs_dir, monkeypatch):
+    import watchfiles
+
+    def no_events(*args, **kwargs):
+        raise OSError("inotify watch limit reached")
+
+    monkeypatch.setattr(watchfiles, "awatch", no_events)
+    run_dir = write_run(runs_dir, "20261122-190000-sft-poll", status={"state": "running", "max_steps": 9},
+                        config={"training": {"save_steps": 1}})
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_run(app, pilot, run_dir)
+        await settle(pilot, lambda: screen.poll_timer._interval == 0.05)
+        table = screen.query_one(CheckpointTable)
+        append(run_dir / "metrics.jsonl", {"step": 1, "loss": 1.5})
+        (run_dir / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+        await settle(pilot, lambda: column(table, "loss") == ["1.5000"], timeout=1.0)

@@ -79,7 +79,6 @@ class RunScreen(Screen):
         self.legacy = bool(run and run.legacy)
         self._checkpoints_seen: tuple[str, ...] = ()
         self._records_shown = -1
-        self._rate: tuple[float, int] | None = None  # (time, step) of the first record seen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -104,9 +103,9 @@ class RunScreen(Screen):
     @work(exclusive=True, group="watch-run", exit_on_error=False)
     async def watch_run_dir(self) -> None:
         """Wake on file events; without them (no inotify, network filesystems) poll every 50 ms instead."""
-        from watchfiles import awatch
-
         try:
+            from watchfiles import awatch
+
             async for _ in awatch(self.run_dir, debounce=20, step=10, yield_on_timeout=True, rust_timeout=500):
                 self.refresh_files()
         except Exception as exc:  # noqa: BLE001 - any watcher failure means: fall back to polling
@@ -124,6 +123,11 @@ class RunScreen(Screen):
         if update.lines:
             # Trainers' own progress output (mlx-lm's rich table) is colour-coded even into a file.
             log.write_lines([ANSI_ESCAPE.sub("", line) for line in update.lines])  # follows only at the end
+        # Checkpoints first: the metrics keep exact values for the steps they are told about.
+        checkpoints = list_checkpoints(self.run_dir, legacy=self.legacy)
+        names = tuple(c.name for c in checkpoints)
+        if names != self._checkpoints_seen:
+            self.metrics.set_checkpoints(c.step for c in checkpoints)
         records, reset, more = self.metrics_tail.poll_records()
         if more or update.more:
             # A big backlog (reopening a long run) is read a chunk per turn of the event loop,
@@ -131,13 +135,8 @@ class RunScreen(Screen):
             self.call_later(self.refresh_files)
         if reset:
             self.metrics.reset()
-            self._rate = None
         if records:
-            if self._rate is None and isinstance(records[0].get("time"), (int, float)):
-                self._rate = (records[0]["time"], records[0]["step"])
             self.metrics.add(records)
-        checkpoints = list_checkpoints(self.run_dir, legacy=self.legacy)
-        names = tuple(c.name for c in checkpoints)
         if records or reset or names != self._checkpoints_seen:
             self._checkpoints_seen = names
             rows, best = self.metrics.checkpoint_rows(checkpoints)
@@ -160,13 +159,11 @@ class RunScreen(Screen):
         parts = [f"[b]{status.state}[/]", f"engine {status.engine or '?'}", f"step {status.step}/{total or '?'}"]
         if started:
             parts.append(f"elapsed {format_duration(((ended or now) - started).total_seconds())}")
-        latest_time = self.metrics.latest.get("time")
-        if self._rate and isinstance(latest_time, (int, float)) and latest_time > self._rate[0]:
-            rate = (self.metrics.last_step - self._rate[1]) / (latest_time - self._rate[0])
-            if rate > 0:
-                parts.append(f"{rate:.2f} steps/s")
-                if total and status.state == "running":
-                    parts.append(f"ETA {format_duration((total - status.step) / rate)}")
+        rate = self.metrics.steps_per_second()
+        if rate:
+            parts.append(f"{rate:.2f} steps/s")
+            if total and status.state == "running":
+                parts.append(f"ETA {format_duration(max(0, total - status.step) / rate)}")
         if status.state == "failed" and status.error:
             parts.append(f"[red]{escape(status.error.strip().splitlines()[-1])}[/]")
         self.query_one("#run-state", Static).update("   ".join(parts))
@@ -193,8 +190,8 @@ class RunScreen(Screen):
             if action == "evaluate":
                 from synaptic_tui.screens.evaluate import EvaluateScreen
 
-                # Results are filed under this run; the model is whatever the server serves it as.
-                self.app.push_screen(EvaluateScreen(run_dir=self.run_dir))
+                # Results are filed under this run and checkpoint; the screen says how to serve its export.
+                self.app.push_screen(EvaluateScreen(run_dir=self.run_dir, checkpoint=checkpoint))
             elif action in ("export", "upload"):
                 from synaptic_tui.screens.upload import UploadScreen
 

@@ -40,6 +40,10 @@ COLUMNS = {
 
 def _sort_value(cell: Any) -> tuple[int, float | str]:
     text = str(cell)
+    if text.startswith("checkpoint-"):  # by step, not by text: checkpoint-5 before checkpoint-10
+        text = text.removeprefix("checkpoint-")
+    elif text in ("final", "final_model"):
+        return (0, math.inf)
     try:
         return (0, float(text))
     except ValueError:
@@ -60,7 +64,7 @@ class CheckpointTable(DataTable):
         self.columns_spec = COLUMNS[self.method]
         self.rows_by_name: dict[str, tuple[str, ...]] = {}
         self.best: str | None = None
-        self.sort_keys = ["step"] + [key for key, *_ in self.columns_spec]
+        self.sort_keys = ["step", "checkpoint"] + [key for key, *_ in self.columns_spec]
         self.sort_index = 0
         self.sort_reversed = False
 
@@ -80,12 +84,14 @@ class CheckpointTable(DataTable):
         """Add new checkpoints (as one batch) and update changed cells in place."""
         self.best = best
         new = []
+        changed = False
         for row in rows:
             cells = self.cells(row)
             old = self.rows_by_name.get(row.name)
             if old is None:
                 new.append((row.name, cells))
             elif old != cells:
+                changed = True
                 keys = ["best", "checkpoint", "step"] + [key for key, *_ in self.columns_spec]
                 for key, before, after in zip(keys, old, cells):
                     if before != after:
@@ -97,7 +103,8 @@ class CheckpointTable(DataTable):
         for name in gone:  # rotated away by save_total_limit
             self.remove_row(name)
             del self.rows_by_name[name]
-        if new and self.sort_index:
+        # Rows come in step order; any other order (or a changed cell in the sorted column) is kept up.
+        if (new or changed) and (self.sort_index or self.sort_reversed):
             self._sort()
 
     @property
@@ -113,11 +120,18 @@ class CheckpointTable(DataTable):
     def _sort(self) -> None:
         self.sort(self.sort_keys[self.sort_index], key=_sort_value, reverse=self.sort_reversed)
 
+    @property
+    def sort_label(self) -> str:
+        key = self.sort_keys[self.sort_index]
+        label = next((label for k, label, *_ in self.columns_spec if k == key), key.capitalize())
+        return label + (" (descending)" if self.sort_reversed else "")
+
     def action_sort_next(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(self.sort_keys)
         self._sort()
-        self.notify(f"Sorted by {self.sort_keys[self.sort_index]}", timeout=1.5)
+        self.notify(f"Sorted by {self.sort_label}", timeout=1.5)
 
     def action_sort_reverse(self) -> None:
         self.sort_reversed = not self.sort_reversed
         self._sort()
+        self.notify(f"Sorted by {self.sort_label}", timeout=1.5)
