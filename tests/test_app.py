@@ -297,3 +297,47 @@ async def test_kto_on_mlx_is_explained(runs_dir):
         assert "KTO is not offered on MLX" in note
         report = str(screen.query_one("#preflight-report", Static).render())
         assert "mlx-lm has no KTO trainer" in report
+
+
+async def test_new_run_takes_platform_and_method_from_the_config_and_what_doctor_found(runs_dir, tmp_path,
+                                                                                       monkeypatch):
+    from textual.widgets import RadioSet
+
+    from synaptic_tui.preflight import PreflightReport
+    from synaptic_tui.screens.new_run import NewRunScreen
+
+    async def gpu_box(path):
+        return [Check("CUDA", "ok", "1 GPU: NVIDIA H100 (79.1/80.0 GB free); driver 580.1", {}),
+                Check("MLX", "info", "not installed", {})]
+
+    checked = []
+
+    def preflight(config, runs_dir):
+        checked.append((config["platform"], config["method"]))
+        return PreflightReport()
+
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs_dir, doctor=gpu_box, preflight=preflight)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("n")
+        screen = app.screen
+        assert isinstance(screen, NewRunScreen)
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.2)
+        # The embedded default says platform auto: on a machine with a GPU that is CUDA.
+        assert screen.choice("platform") == "cuda" and screen.config["platform"] == "cuda"
+        note = str(screen.query_one("#platform-note", Static).render())
+        assert "found: 1 GPU: NVIDIA H100" in note
+        # A KTO config selects KTO; the buttons follow the file instead of overriding it.
+        screen.query_one("#config").value = str(EXAMPLES / "configs" / "kto.yaml")
+        await pilot.pause(0.3)
+        assert screen.choice("method") == "kto" and screen.config["method"] == "kto"
+        assert screen.config["dataset"]["path"].endswith("kto_tool_calls.jsonl")
+        # The user's own choice wins from then on.
+        screen.query_one("#platform", RadioSet).query("RadioButton")[0].value = True  # CPU
+        await pilot.pause(0.3)
+        assert screen.config["platform"] == "cpu" and checked[-1] == ("cpu", "kto")
+        mlx = screen.query_one("#platform", RadioSet).query("RadioButton")[2]
+        mlx.value = True
+        await pilot.pause(0.3)
+        assert "found: not installed" in str(screen.query_one("#platform-note", Static).render())

@@ -66,6 +66,9 @@ class NewRunScreen(Screen):
         self.config: dict[str, Any] | None = None
         self.report = None
         self.configs = discover_configs(Path.cwd())
+        # What doctor found per platform: (available, its summary); filled in by a worker.
+        self.found: dict[str, tuple[bool, str]] = {}
+        self._loaded: tuple[Any, ...] | None = None  # (config, platform, method) last resolved
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -93,14 +96,34 @@ class NewRunScreen(Screen):
 
     def on_mount(self) -> None:
         self.sub_title = "New run"
-        self.show_platform_note()
-        self.reload()
+        self.config_changed()
+        self.detect_platforms()
 
     # --- choices -----------------------------------------------------------------------
 
     def choice(self, radio_id: str) -> str:
         pressed = self.query_one(f"#{radio_id}", RadioSet).pressed_button
         return pressed.name if pressed is not None else ""
+
+    def pick(self, radio_id: str, name: str) -> None:
+        for button in self.query_one(f"#{radio_id}", RadioSet).query(RadioButton):
+            if button.name == name and not button.value:
+                button.value = True
+
+    @work(exclusive=True, group="platforms", exit_on_error=False)
+    async def detect_platforms(self) -> None:
+        checks = {c.name: c for c in await self.app.services.doctor(self.app.services.runs_dir)}
+        for platform, name in (("cuda", "CUDA"), ("mlx", "MLX")):
+            check = checks.get(name)
+            if check is not None:
+                self.found[platform] = (check.status == "ok", check.summary)
+        self.show_platform_note()
+        if self.file_choice()[0] == "auto":  # the config leaves it to this machine
+            self.pick("platform", self.auto_platform())
+
+    def auto_platform(self) -> str:
+        # As the trainers resolve `platform: auto`: CUDA when there is a GPU, else CPU.
+        return "cuda" if self.found.get("cuda", (False, ""))[0] else "cpu"
 
     def show_platform_note(self) -> None:
         platform = self.choice("platform")
@@ -110,13 +133,44 @@ class NewRunScreen(Screen):
             "mlx": "mlx-lm LoRA (or DoRA, full) in unified memory; on Linux with mlx[cpu]. KTO is not offered on MLX: "
                    "mlx-lm has no KTO trainer.",
         }[platform]
+        if platform in self.found:
+            available, summary = self.found[platform]
+            note += f"\n[{'green' if available else 'yellow'}]found:[/] {escape(summary)}"
+        elif platform != "cpu":
+            note += "\n[dim]checking this machine...[/]"
         self.query_one("#platform-note", Static).update(note)
 
+    def file_choice(self) -> tuple[str | None, str | None]:
+        """(platform, method) as the selected config file says, before the radio buttons override them."""
+        from synaptic_tui.config import ConfigError, load_config
+
+        selected = self.query_one("#config", Select).value
+        if selected == EMBEDDED:
+            return "auto", "sft"
+        try:
+            config = load_config(selected)
+        except ConfigError:
+            return None, None
+        return config.platform, config.method
+
+    @on(Select.Changed, "#config")
+    def config_changed(self) -> None:
+        # A config's own platform and method become the choices; the buttons then override them.
+        platform, method = self.file_choice()
+        if method:
+            self.pick("method", method)
+        if platform:
+            self.pick("platform", self.auto_platform() if platform == "auto" else platform)
+        self.choices_changed()
+
     @on(RadioSet.Changed)
-    @on(Select.Changed)
     def choices_changed(self) -> None:
         self.show_platform_note()
-        self.reload()
+        # Picking buttons for a new config sends Changed messages of its own: resolve each state once.
+        state = (self.query_one("#config", Select).value, self.choice("platform"), self.choice("method"))
+        if state != self._loaded:
+            self._loaded = state
+            self.reload()
 
     def overrides(self) -> list[str]:
         return [f"platform={self.choice('platform')}", f"method={self.choice('method')}"]
