@@ -45,6 +45,9 @@ class ChatResult:
     first_token_s: float | None = None  # streaming only
     attempts: int = 1
     raw: dict[str, Any] = field(default_factory=dict)  # the final body or stream chunk, for the log
+    # "server" when the server reported the counts; "stream" when it did not (llama-cpp-python's server
+    # ignores stream_options) and completion tokens were counted as the chunks that carried output.
+    token_source: str = "server"
 
 
 @dataclass
@@ -335,6 +338,7 @@ class OpenAIClient(_HTTPBackend):
             first = finish = None
             tokens: tuple[int | None, int | None] = (None, None)
             last: dict[str, Any] = {}
+            output_chunks = 0  # servers stream one token per chunk: the count when no usage comes
             async for line in _lines(response):
                 if line.startswith(":"):  # SSE comment (mlx_lm.server sends keep-alives)
                     continue
@@ -342,8 +346,11 @@ class OpenAIClient(_HTTPBackend):
                     continue  # event:/id: fields carry nothing we use
                 payload = line[5:].strip()
                 if payload == "[DONE]":
+                    source = "server"
+                    if tokens[1] is None and output_chunks:
+                        tokens, source = (tokens[0], output_chunks), "stream"
                     return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *tokens, finish,
-                                      first_token_s=first, raw=last)
+                                      first_token_s=first, raw=last, token_source=source)
                 try:
                     chunk = json.loads(payload)
                 except json.JSONDecodeError:
@@ -358,6 +365,7 @@ class OpenAIClient(_HTTPBackend):
                     tokens = usage(chunk)
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
+                    output_chunks += bool(delta.get("content") or delta.get("tool_calls"))
                     if delta.get("content"):
                         first = first or time.perf_counter()
                         parts.append(delta["content"])

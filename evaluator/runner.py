@@ -52,6 +52,7 @@ class EvalSettings:
     timeout: float = 120.0
     retries: int = 3
     run_id: str | None = None
+    checkpoint: str | None = None  # the run's checkpoint the served model was exported from, when known
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
@@ -282,6 +283,7 @@ async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, 
         latency_s=round(result.latency_s, 4),
         first_token_s=round(result.first_token_s, 4) if result.first_token_s is not None else None,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        token_source=result.token_source,
         finish_reason=result.finish_reason, attempts=result.attempts,
     )
     return record

@@ -319,9 +319,11 @@ def _check_pipeline(config: TrainingConfig) -> None:
         ev = pipeline.eval
         if not (ev.prompt_set or config.eval.prompt_set):
             raise CrossFieldError("pipeline.eval.prompt_set", "is required (or set eval.prompt_set)")
-        if ev.backend == "local" and trains and (pipeline.export is None or "merged-16bit" not in pipeline.export.formats):
-            raise CrossFieldError("pipeline.eval.backend", "local serves the merged-16bit export with mlx_lm.server: "
-                                  "add merged-16bit to pipeline.export.formats")
+        servable = {"merged-16bit"} | {f for f in EXPORT_FORMATS if f.startswith("gguf-")}
+        if ev.backend == "local" and trains and (pipeline.export is None or not servable & set(pipeline.export.formats)):
+            raise CrossFieldError("pipeline.eval.backend", "local serves the merged-16bit export with mlx_lm.server "
+                                  "or a GGUF export with llama-cpp-python's server: add merged-16bit or a gguf "
+                                  "format to pipeline.export.formats")
         if ev.backend != "local" and not (ev.model or config.eval.model):
             raise CrossFieldError("pipeline.eval.model", f"is required with backend {ev.backend} "
                                   "(the name the server knows the fine-tune by)")

@@ -63,6 +63,17 @@ def list_exports(run_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
+def serve_hint(run_dir: Path, checkpoint: str) -> str:
+    """How to put a checkpoint behind a server the eval runner can reach, from its finished exports."""
+    for fmt in ("gguf-q8_0", "gguf-q4_k_m", "gguf-f16"):
+        record = read_export(export_dir(run_dir, checkpoint, fmt))
+        if record and record.get("ollama_create"):
+            return f"serve it with Ollama: {record['ollama_create']}"
+    if read_export(export_dir(run_dir, checkpoint, "merged-16bit")):
+        return f"serve it: mlx_lm.server --model {export_dir(run_dir, checkpoint, 'merged-16bit')} (OpenAI-compatible)"
+    return "export it first (merged-16bit or GGUF: enter on the checkpoint, Export) to serve it"
+
+
 def resolve_checkpoint(run: RunInfo, wanted: str) -> str:
     """best / final / checkpoint-N -> the name of an existing checkpoint directory of the run."""
     checkpoints = run.checkpoints()

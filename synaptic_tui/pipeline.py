@@ -490,13 +490,34 @@ def _run_eval_until_stopped(runner: Runner, eval_dir: Path, url: str | None = No
         raise Stopped() from None
 
 
-def _evaluate(runner: Runner, key: str, model_dir: Path | None, root: Path) -> dict[str, Any]:
-    """One eval of the pipeline (`key` is eval or baseline), resumed where a stopped pipeline left it."""
+def local_model(exported: dict[str, str]) -> Path:
+    """What backend local serves from the exports: the merged model with mlx_lm.server where that is
+    installed, else a GGUF file with llama-cpp-python's server where that is, else whichever exists
+    (serving it then fails with what to install)."""
+    from synaptic_tui.serving import can_serve
+
+    ggufs = [next(Path(exported[f]).glob("*.gguf"), None) for f in ("gguf-q8_0", "gguf-f16", "gguf-q4_k_m")
+             if f in exported]
+    ggufs = [g for g in ggufs if g is not None]
+    merged = Path(exported["merged-16bit"]) if "merged-16bit" in exported else None
+    if merged and (can_serve("mlx_lm") or not ggufs):
+        return merged
+    if ggufs and (can_serve("llama_cpp.server") or merged is None):
+        return ggufs[0]
+    if merged:
+        return merged
+    raise StageFailed("backend local needs a merged-16bit or gguf export, and the export stage wrote neither")
+
+
+def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[str, Any]:
+    """One eval of the pipeline (`key` is eval or baseline), resumed where a stopped pipeline left it.
+    With backend local, `model` is a model directory (served by mlx_lm.server) or a GGUF file
+    (served by llama-cpp-python's server)."""
     from evaluator.clients import default_url
     from evaluator.prompts import load_prompt_set
     from evaluator.runner import create_eval, load_eval, new_settings
 
-    from synaptic_tui.serving import ServerFailed, mlx_server
+    from synaptic_tui.serving import ServerFailed, llama_cpp_server, mlx_server
 
     ev = runner.config.pipeline.eval
     stage = runner.state.stage("eval")
@@ -522,10 +543,11 @@ def _evaluate(runner: Runner, key: str, model_dir: Path | None, root: Path) -> d
 
     if ev.backend != "local":
         return run(ev.url or runner.config.eval.url or default_url(backend), ev.model or runner.config.eval.model)
+    serve = llama_cpp_server if model.suffix == ".gguf" else mlx_server
     try:
-        with mlx_server(model_dir, runner.dir / "serve.log") as (url, model):
-            runner.say(f"eval: serving {model_dir} at {url}")
-            return run(url, model)
+        with serve(model, runner.dir / "serve.log") as (url, model_id):
+            runner.say(f"eval: serving {model} at {url}")
+            return run(url, model_id)
     except ServerFailed as exc:
         raise StageFailed(str(exc)) from None
 
@@ -539,15 +561,20 @@ def eval_stage(runner: Runner, stage: StageState) -> str:
         _, run_dir = runner.last_training_run()
         root = run_dir / "evals"
         exported = (runner.state.stage("export").result.get("paths") or {}) if runner.state.stage("export") else {}
-        model_dir = Path(exported["merged-16bit"]) if "merged-16bit" in exported else None
+        model = local_model(exported) if runner.config.pipeline.eval.backend == "local" else None
     else:
-        root, model_dir = runner.dir / "evals", _demo_resolved(base_model)
-    summary = _evaluate(runner, "eval", model_dir, root)
+        root, model = runner.dir / "evals", _demo_resolved(base_model)
+    summary = _evaluate(runner, "eval", model, root)
     stage.result.update(pass_rate=summary.get("pass_rate"), passed=summary.get("passed"), total=summary.get("total"))
     runner.save()
     if runner.config.pipeline.eval.baseline and trained:
+        from synaptic_tui.serving import can_serve
+
         if runner.config.pipeline.eval.backend != "local":
             runner.say("eval: baseline skipped: only backend local can serve the base model itself")
+        elif not can_serve("mlx_lm"):
+            # The base model is a Hugging Face directory: only mlx_lm.server serves those without a conversion.
+            runner.say("eval: baseline skipped: serving the base model needs mlx_lm.server (the mlx extra)")
         else:
             baseline = _evaluate(runner, "baseline", _demo_resolved(base_model), runner.dir / "evals")
             comparison = compare_evals(stage.result["baseline_dir"], stage.result["eval_dir"])

@@ -285,7 +285,14 @@ async def test_openai_stream_assembles_tool_call_deltas_and_usage():
     assert result.content == "Let me look."
     assert result.tool_calls == [{"function": {"name": "search_notes", "arguments": '{"query": "podcast"}'}}]
     assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (40, 9, "tool_calls")
+    assert result.token_source == "server"
     assert result.first_token_s is not None and result.latency_s >= result.first_token_s
+
+    # A server that ignores stream_options (llama-cpp-python's): output chunks are counted instead, and said so.
+    events.pop()
+    async with OpenAIClient("http://test/v1", transport=httpx.MockTransport(handler)) as client:
+        result = await client.chat("m", [{"role": "user", "content": "hi"}])
+    assert (result.prompt_tokens, result.completion_tokens, result.token_source) == (None, 3, "stream")
 
 
 @pytest.mark.parametrize("body, kind, text", [

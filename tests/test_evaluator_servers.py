@@ -46,38 +46,11 @@ def run_cli(*args: str, module: str = "synaptic_tui.cli", cwd: Path) -> subproce
 @pytest.fixture(scope="session")
 def mlx_server(demo_model, tmp_path_factory):
     """mlx_lm.server serving the demo model on a free loopback port, for the whole session."""
-    port = free_port()
-    work = tmp_path_factory.mktemp("mlx-server")
-    # /v1/models scans the HF cache and answers with an empty body when that directory does not exist.
-    (work / "hub").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(work / "hub"), "HF_HOME": str(work / "hf")}
-    log = (work / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "mlx_lm", "server", "--model", str(demo_model.resolve()),
-                                "--host", "127.0.0.1", "--port", str(port)], cwd=work, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlx_lm.server exited {process.returncode}: {(work / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/models", trust_env=False, timeout=2).json()["data"]:
-                    break
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlx_lm.server did not answer /v1/models in 180 s")
-            time.sleep(0.3)
-        yield {"url": url, "model": str(demo_model.resolve())}
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    from synaptic_tui.serving import mlx_server as serve
+
+    log = tmp_path_factory.mktemp("mlx-server") / "server.log"
+    with serve(demo_model, log, timeout=180) as (url, model):
+        yield {"url": url, "model": model}
 
 
 @pytest.fixture

@@ -274,3 +274,37 @@ def test_eval_stage_serves_the_model_itself_and_evaluates_it(demo_model, runs_di
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
     assert result["total"] == 2 and result["pass_rate"] is not None
     assert "serving" in (pipeline_dir / "pipeline.log").read_text()
+
+
+def test_backend_local_serves_what_was_exported_with_what_is_installed(tmp_path, monkeypatch):
+    from synaptic_tui import serving
+    from synaptic_tui.pipeline import StageFailed, local_model
+
+    merged = tmp_path / "merged-16bit"
+    merged.mkdir()
+    (tmp_path / "gguf-q8_0").mkdir()
+    gguf = tmp_path / "gguf-q8_0" / "demo-q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    both = {"merged-16bit": str(merged), "gguf-q8_0": str(gguf.parent)}
+    installed: set[str] = set()
+    monkeypatch.setattr(serving, "can_serve", lambda module: module in installed)
+    # Nothing installed: the merged model, whose server then says what to install.
+    assert local_model(both) == merged and local_model({"gguf-q8_0": str(gguf.parent)}) == gguf
+    installed.add("llama_cpp.server")
+    assert local_model(both) == gguf  # only llama.cpp can serve: the GGUF
+    installed.add("mlx_lm")
+    assert local_model(both) == merged  # mlx_lm.server serves the unquantized merge first
+    with pytest.raises(StageFailed, match="needs a merged-16bit or gguf export"):
+        local_model({"lora": str(tmp_path)})
+
+
+def test_serving_without_the_server_installed_says_what_to_install(tmp_path, monkeypatch):
+    from synaptic_tui import serving
+
+    monkeypatch.setattr(serving, "can_serve", lambda module: False)
+    with pytest.raises(serving.ServerFailed, match=r"llama-cpp-python's server, which is not installed: .*pip install"):
+        with serving.llama_cpp_server(tmp_path / "x.gguf", tmp_path / "serve.log"):
+            pass
+    with pytest.raises(serving.ServerFailed, match=r"mlx_lm.server, which is not installed: .*\[mlx\]"):
+        with serving.mlx_server(tmp_path, tmp_path / "serve.log"):
+            pass

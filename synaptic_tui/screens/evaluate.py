@@ -202,9 +202,10 @@ class EvaluateScreen(Screen):
     EvaluateScreen #reach { margin-bottom: 1; }
     """
 
-    def __init__(self, run_dir: Path | None = None, model: str | None = None) -> None:
+    def __init__(self, run_dir: Path | None = None, model: str | None = None, checkpoint: str | None = None) -> None:
         super().__init__()
         self.run_dir = Path(run_dir) if run_dir else None
+        self.checkpoint = checkpoint
         self.wanted_model = model
         self.prompt_sets = []
 
@@ -237,9 +238,17 @@ class EvaluateScreen(Screen):
                 yield Input("", id="tags", placeholder="tags (comma-separated), empty: all")
                 yield Button("Run eval  ctrl+r", id="run", variant="primary")
                 if self.run_dir is not None:
-                    yield Static(f"filed under run {escape(self.run_dir.name)}", id="eval-run")
+                    yield Static(self.run_note(), id="eval-run")
             yield EvalResults(id="eval-results")
         yield Footer()
+
+    def run_note(self) -> str:
+        from synaptic_tui.exporting import serve_hint
+
+        note = f"filed under run {escape(self.run_dir.name)}"
+        if self.checkpoint:
+            note += f", {escape(self.checkpoint)}\n{escape(serve_hint(self.run_dir, self.checkpoint))}"
+        return note
 
     def on_mount(self) -> None:
         self.sub_title = "Evaluate"
@@ -308,6 +317,7 @@ class EvaluateScreen(Screen):
             raise ValueError(f"no case in {Path(prompt_set).name} has the tags {', '.join(tags)}")
         if self.run_dir is not None:
             settings.run_id = self.run_dir.name
+            settings.checkpoint = self.checkpoint
         return settings
 
     def action_run_eval(self) -> None:
