@@ -37,7 +37,8 @@ def _alias(*names: str) -> Any:
 class ModelSection(Section):
     name: str = Field("demo", validation_alias=_alias("name", "model_name"))
     max_seq_length: int = Field(1024, gt=0, validation_alias=_alias("max_seq_length", "max_length"))
-    load_in_4bit: bool = False
+    # None: as the engine prefers it (Unsloth loads 4-bit, plain transformers full precision).
+    load_in_4bit: bool | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
 

@@ -221,6 +221,16 @@ def cancel_run(run: RunInfo, sig: int = signal.SIGTERM) -> bool:
     record = read_launch(run.path)
     if record is None or trainer_alive(run.path) is not True:
         return False
+    status = read_status(run.path)
+    if status is not None and status.pgid and status.pgid != record.pgid:
+        # A multi-process run: accelerate's workers run in sessions of their own, and rank 0 wrote its
+        # group. Signalling rank 0 is enough (the ranks agree to stop after the same step) and spares
+        # the launcher, which would give its workers 30 s to save and then kill them.
+        try:
+            os.killpg(status.pgid, sig)
+            return True
+        except ProcessLookupError:
+            pass  # not started yet, or already gone: the launcher's group below
     try:
         os.killpg(record.pgid, sig)
     except ProcessLookupError:

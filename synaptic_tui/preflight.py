@@ -127,7 +127,11 @@ def estimate_memory_gb(config: dict[str, Any], info: ModelInfo, config_json: dic
     training = config.get("training") or {}
     model = config.get("model") or {}
     precision = training.get("precision", "auto")
-    if model.get("load_in_4bit"):
+    four_bit = model.get("load_in_4bit")
+    if four_bit is None:  # the engine decides: Unsloth (auto on a GPU where it is installed) loads 4-bit
+        four_bit = on_gpu and config.get("engine", "auto") in ("auto", "unsloth") \
+            and importlib.util.find_spec("unsloth") is not None
+    if four_bit:
         weight_bytes = 0.55
     elif precision in ("bf16", "fp16") or (precision == "auto" and on_gpu):
         weight_bytes = 2

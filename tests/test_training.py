@@ -119,14 +119,75 @@ def test_cancel_then_resume_continues_the_step_count(demo_model, runs_dir):
 
 
 def test_run_survives_the_launching_process_being_killed(demo_model, runs_dir):
-    launcher = spawn("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait",
-                     "--set", "training.max_steps=8", "--set", "dataset.test_size=0", runs_dir=runs_dir)
+    # The launcher leads its own process group, as a shell gives each job one: killing that whole
+    # group is what closing the terminal (SIGHUP) or losing SSH does to everything started from it.
+    launcher = subprocess.Popen([sys.executable, "-m", "synaptic_tui", "train", "--config", SFT, "--model",
+                                 str(demo_model), *FAST, "--wait", "--set", "training.max_steps=8",
+                                 "--set", "dataset.test_size=0", "--runs-dir", str(runs_dir)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                process_group=0)
     run_dir = wait_for(lambda: list_runs(runs_dir) and list_runs(runs_dir)[0].path)
     wait_for(lambda: (s := read_status(run_dir)) and s.state == "running" and s.step >= 1)
-    launcher.send_signal(signal.SIGKILL)
+    trainer = read_status(run_dir).pid
+    assert os.getsid(trainer) != os.getsid(launcher.pid), "the trainer has a session of its own"
+    os.killpg(launcher.pid, signal.SIGHUP)
+    os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait()
     status = wait_for(lambda: (s := read_status(run_dir)) and s.finished and s, timeout=180)
     assert status.state == "succeeded" and status.step == 8
+
+
+def test_the_best_checkpoint_survives_rotation(demo_model, runs_dir):
+    # At this learning rate the demo model's eval loss goes up after the first step, so the best
+    # checkpoint is the older one: save_total_limit=1 alone would delete it.
+    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait", "--json",
+              "--set", "training.max_steps=2", "--set", "training.save_steps=1", "--set", "training.eval_steps=1",
+              "--set", "training.save_total_limit=1", "--set", "training.learning_rate=1.0", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    evals = {r["step"]: r["eval_loss"] for r in metrics(run_dir) if "eval_loss" in r}
+    assert evals[1] < evals[2], f"the setup needs the first checkpoint to be the best: {evals}"
+    status = read_status(run_dir)
+    assert status.extra["best_checkpoint"] == "checkpoint-1"
+    assert (run_dir / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").exists()
+    # What status.json calls the last checkpoint is one that is still on disk.
+    assert (run_dir / "checkpoints" / status.last_checkpoint).is_dir()
+
+
+def test_a_trainer_that_raises_ends_failed_with_the_traceback(demo_model, runs_dir):
+    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait", "--json",
+              "--set", "training.max_steps=2", "--set", "lora.target_modules=[no_such_proj]", runs_dir=runs_dir)
+    assert out.returncode == 1
+    run_dir = only_run(runs_dir)
+    status = read_status(run_dir)
+    assert (status.state, status.exit_code) == ("failed", 1)
+    # The last lines of the traceback: where it happened and what was raised.
+    assert "File \"" in status.error and "Error: Target modules {'no_such_proj'} not found" in status.error
+    assert "no_such_proj" in (run_dir / "train.log").read_text()
+
+
+def test_resume_from_an_earlier_checkpoint_rewinds_metrics_and_schedule(demo_model, runs_dir):
+    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait", "--json",
+              "--set", "training.max_steps=6", "--set", "training.save_steps=2", "--set", "dataset.test_size=0",
+              "--set", "training.save_total_limit=5", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    first = {r["step"]: r for r in metrics(run_dir) if "loss" in r}
+    resumed = cli("runs", "resume", run_dir.name, "--from", "checkpoint-2", runs_dir=runs_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    status = wait_for(lambda: (s := read_status(run_dir)) and s.state == "succeeded" and s.ended_at and s, timeout=180)
+    assert status.step == 6
+    second = [r for r in metrics(run_dir) if "loss" in r]
+    assert [r["step"] for r in second] == [1, 2, 3, 4, 5, 6], "no step twice in metrics.jsonl"
+    # The scheduler came back with the optimizer: the learning rate goes on exactly where it was.
+    assert [r["learning_rate"] for r in second] == pytest.approx([first[s]["learning_rate"] for s in range(1, 7)])
+    # What the abandoned path wrote is kept aside, not deleted.
+    [superseded] = run_dir.glob("superseded-*")
+    assert sorted(json.loads(line)["step"] for line in (superseded / "metrics.jsonl").read_text().splitlines()
+                  if "loss" in json.loads(line)) == [3, 4, 5, 6]
+    assert sorted(p.name for p in (superseded / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    assert (superseded / "final" / "adapter_model.safetensors").exists()
+    assert (run_dir / "final" / "adapter_model.safetensors").exists()
 
 
 def test_a_trainer_that_dies_is_reported_failed(demo_model, runs_dir):
@@ -186,6 +247,52 @@ def test_auto_config_shows_its_changes(demo_model, runs_dir):
     assert result["config"]["model"]["max_seq_length"] == 2048 and "model.max_seq_length" not in changes
     assert changes["training.learning_rate"]["new"] == pytest.approx(1e-4) and "lora.r" not in changes
     assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+
+def test_a_two_process_run_cancels_at_one_step_and_resumes(demo_model, runs_dir):
+    started = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--json",
+                  "--set", "training.num_processes=2", "--set", "training.max_steps=12",
+                  "--set", "training.save_steps=100", "--set", "dataset.test_size=0", runs_dir=runs_dir, timeout=300)
+    assert started.returncode == 0, started.stderr
+    run_dir = Path(json.loads(started.stdout)["run_dir"])
+    wait_for(lambda: (s := read_status(run_dir)) and s.step >= 2, timeout=180)
+    assert cli("runs", "cancel", run_dir.name, runs_dir=runs_dir).returncode == 0
+    status = wait_for(lambda: (s := read_status(run_dir)) and s.finished and s, timeout=60)
+    # Both ranks stopped after the same step and saved: not the launcher's kill 30 s later.
+    assert status.state == "cancelled" and status.exit_code == 0, status.error
+    stopped_at = status.step
+    assert stopped_at < 12 and (run_dir / "checkpoints" / f"checkpoint-{stopped_at}" / "optimizer.pt").exists()
+    wait_for(lambda: (json.loads(cli("runs", "show", run_dir.name, "--json", runs_dir=runs_dir).stdout)["state"]
+                      == "cancelled"), timeout=60)
+    assert cli("runs", "resume", run_dir.name, runs_dir=runs_dir).returncode == 0
+    status = wait_for(lambda: (s := read_status(run_dir)) and s.state == "succeeded" and s, timeout=300)
+    assert status.step == 12
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == list(range(1, 13))
+
+
+def test_engine_and_trainer_environment_are_chosen_as_documented(monkeypatch):
+    from synaptic_tui.jobs import trainer_environment
+    from trainers import engine
+
+    assert engine.choose_engine({"engine": "auto", "platform": "cpu"}) == "transformers"
+    assert engine.choose_engine({"engine": "transformers", "platform": "cuda"}) == "transformers"
+    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
+    assert engine.choose_engine({"engine": "auto", "platform": "auto"}) == "transformers"  # no unsloth here
+    # Unsloth's QLoRA loads 4-bit unless the config says otherwise; transformers loads what it is given.
+    assert engine.load_in_4bit({"model": {}}, "unsloth") is True
+    assert engine.load_in_4bit({"model": {"load_in_4bit": None}}, "transformers") is False
+    assert engine.load_in_4bit({"model": {"load_in_4bit": False}}, "unsloth") is False
+    assert engine.load_in_4bit({"model": {"load_in_4bit": True}}, "transformers") is True
+
+    env = trainer_environment({"platform": "cpu", "model": {"name": str(REPO)}, "dataset": {"path": SFT}},
+                              base={"PATH": "/usr/bin"})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and int(env["OMP_NUM_THREADS"]) >= 1
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_DATASETS_OFFLINE"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    mine = trainer_environment({"platform": "cpu"}, base={"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert (mine["OMP_NUM_THREADS"], mine["OMP_WAIT_POLICY"]) == ("3", "ACTIVE")  # the user's settings win
+    assert "OMP_WAIT_POLICY" not in trainer_environment({"platform": "mlx"}, base={})
+    assert "HF_HUB_OFFLINE" not in trainer_environment({"model": {"name": "Qwen/Qwen2.5-0.5B"}}, base={})
 
 
 def test_two_process_run_through_accelerate(demo_model, runs_dir):

@@ -67,8 +67,10 @@ class StopRequest:
 class RunWriter:
     """The run directory, as written by the trainer."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
+        # Other ranks may read before rank 0 has rewound the files: they filter for themselves.
+        self.resume_step = resume_step
         self.config = read_run_config(self.run_dir)
         if not self.config:
             raise SystemExit(f"{self.run_dir / 'run.yaml'}: missing or unreadable; is this a run directory?")
@@ -88,7 +90,10 @@ class RunWriter:
 
     def _read_history(self) -> list[dict[str, Any]]:
         """Metrics already logged (a resumed run), so the best checkpoint is judged over the whole run."""
-        return JsonlFollower(self.run_dir / "metrics.jsonl").read_all()
+        records = JsonlFollower(self.run_dir / "metrics.jsonl").read_all()
+        if self.resume_step is None:
+            return records
+        return [r for r in records if not isinstance(r.get("step"), int) or r["step"] <= self.resume_step]
 
     def update(self, **fields: Any) -> None:
         if not self.main:
@@ -111,6 +116,55 @@ class RunWriter:
             self._metrics.close()
 
 
+def rewind(run_dir: Path, step: int) -> Path | None:
+    """Resuming from checkpoint-N after the run went past N: the metrics lines and checkpoints after N
+    belong to a path the run no longer takes. They move to superseded-<time>/ in the run (nothing is
+    lost), and metrics.jsonl is rewritten, atomically, with what came up to N, so steps stay continuous
+    and the best checkpoint is judged on the run as it now is. Returns that folder, or None."""
+    from synaptic_tui.runs import atomic_write_text, list_checkpoints
+
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        lines = []
+    kept, dropped = [], []
+    for line in lines:
+        try:
+            record_step = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            record_step = None
+        (dropped if isinstance(record_step, int) and record_step > step else kept).append(line)
+    # The final adapter of a run that had finished belongs to the path given up, too.
+    later = [c for c in list_checkpoints(run_dir) if c.step is None or c.step > step]
+    if not dropped and not later:
+        return None
+    superseded = run_dir / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+    (superseded / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for checkpoint in later:
+        target = superseded / checkpoint.name if checkpoint.is_final else superseded / "checkpoints" / checkpoint.name
+        checkpoint.path.rename(target)
+    if dropped:
+        (superseded / "metrics.jsonl").write_text("".join(dropped), encoding="utf-8")
+        atomic_write_text(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
+    return superseded
+
+
+def _all_ranks_agree(flag: bool, device) -> bool:
+    """True on every rank when any rank's flag is set: a stop must happen at the same step everywhere,
+    or the ranks that go on wait for the others' gradients for ever."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    import torch
+
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def make_callback(writer: RunWriter, stop: StopRequest):
     """A transformers TrainerCallback bound to this run (built here so the module imports without transformers)."""
     from transformers import TrainerCallback
@@ -119,7 +173,8 @@ def make_callback(writer: RunWriter, stop: StopRequest):
         def __init__(self) -> None:
             # Checkpoints on disk (a resumed run has some) plus the ones this run saves.
             self.saved = {int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
-                          if p.name.split("-")[1].isdigit()}
+                          if p.name.split("-")[1].isdigit()
+                          and (writer.resume_step is None or int(p.name.split("-")[1]) <= writer.resume_step)}
             self.best_step = self._best()
             self._last_status_write = 0.0
 
@@ -132,7 +187,8 @@ def make_callback(writer: RunWriter, stop: StopRequest):
                 state.best_global_step = self.best_step
 
         def on_step_end(self, args, state, control, **kwargs):
-            if stop.requested:
+            # Cancel signals rank 0 (or every rank): all of them stop after this same step.
+            if _all_ranks_agree(stop.requested, args.device):
                 control.should_save = True
                 control.should_training_stop = True
             now = time.monotonic()
@@ -164,6 +220,14 @@ def make_callback(writer: RunWriter, stop: StopRequest):
             writer.update(step=state.global_step, last_checkpoint=f"checkpoint-{state.global_step}",
                           best_checkpoint=best)
 
+        def on_train_end(self, args, state, control, **kwargs):
+            # With save_total_limit, transformers may delete the last checkpoint at the end in favour
+            # of the best one: last_checkpoint must name a directory that is still there.
+            on_disk = sorted((int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
+                              if p.name.split("-")[1].isdigit()), reverse=True)
+            if on_disk and f"checkpoint-{on_disk[0]}" != writer.status.last_checkpoint:
+                writer.update(last_checkpoint=f"checkpoint-{on_disk[0]}")
+
     return SynapticCallback()
 
 
@@ -174,7 +238,13 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
     `train` returns the engine it used; it ends early (without raising) when a stop was requested.
     """
     args = parse_args(argv, description)
-    writer = RunWriter(args.run_dir)
+    resume_step = int(args.resume_from.rsplit("-", 1)[1]) if args.resume_from else None
+    if resume_step is not None and is_main_process():
+        superseded = rewind(args.run_dir, resume_step)
+        if superseded is not None:
+            print(f"[synaptic] resuming from {args.resume_from}: the metrics and checkpoints after it moved "
+                  f"to {superseded.name}/", flush=True)
+    writer = RunWriter(args.run_dir, resume_step)
     stop = StopRequest().install()
     started = writer.status.started_at if args.resume_from else None
     writer.update(state="running", pid=os.getpid(), pgid=os.getpgrp(), started_at=started or utc_now(),

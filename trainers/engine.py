@@ -39,6 +39,12 @@ def choose_engine(config: dict[str, Any]) -> str:
     return "unsloth"
 
 
+def load_in_4bit(config: dict[str, Any], engine: str) -> bool:
+    """The config's choice, else the engine's: Unsloth's QLoRA load is 4-bit, plain transformers is not."""
+    wanted = (config.get("model") or {}).get("load_in_4bit")
+    return engine == "unsloth" if wanted is None else bool(wanted)
+
+
 def precision_flags(config: dict[str, Any]) -> dict[str, bool]:
     """bf16/fp16 for TrainingArguments, set explicitly: TRL's own default is bf16=True, which CPUs reject."""
     precision = (config.get("training") or {}).get("precision", "auto")
@@ -96,7 +102,7 @@ def load_for_training(config: dict[str, Any], engine: str) -> tuple[Any, Any, An
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=model_cfg["name"],
             max_seq_length=int(model_cfg.get("max_seq_length", 1024)),
-            load_in_4bit=bool(model_cfg.get("load_in_4bit", True)),
+            load_in_4bit=load_in_4bit(config, engine),
             dtype=None,
         )
         model = FastLanguageModel.get_peft_model(
@@ -118,7 +124,7 @@ def load_for_training(config: dict[str, Any], engine: str) -> tuple[Any, Any, An
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(config),
                               "trust_remote_code": bool(model_cfg.get("trust_remote_code"))}
-    if model_cfg.get("load_in_4bit"):
+    if load_in_4bit(config, engine):
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
