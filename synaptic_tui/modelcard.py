@@ -75,9 +75,11 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
     dataset = config.get("dataset") or {}
     base = str(model.get("name") or run.model)
     base_id = _hub_id(base)
+    mlx = config.get("platform") == "mlx"  # its adapter is mlx-lm's, loaded with mlx-lm, not PEFT
     weights = [f for f in formats if not f.startswith("gguf-")]
-    library = LIBRARY.get(weights[0], "transformers") if weights else "gguf"
-    tags = ["synaptic-tui", run.method, "lora", "tool-calling"] + (["gguf"] if len(weights) < len(formats) else [])
+    library = ("mlx" if mlx and weights[0] == "lora" else LIBRARY.get(weights[0], "transformers")) if weights else "gguf"
+    tags = ["synaptic-tui", run.method, "lora", "tool-calling"] + (["mlx"] if mlx else []) \
+        + (["gguf"] if len(weights) < len(formats) else [])
     data = ModelCardData(
         base_model=base_id, library_name=library, pipeline_tag="text-generation", tags=tags,
         datasets=[dataset["hub_name"]] if dataset.get("hub_name") else None, license=config.get("license"),
@@ -125,7 +127,14 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
                                          " Its chat template does not render tools.")
         lines.append(f"- **{fmt}** in {where}.{note}")
     lines += ["", "## How to use", ""]
-    if "lora" in formats:
+    if "lora" in formats and mlx:
+        sub = folder_in_repo("lora", formats)
+        lines += ["With mlx-lm (the adapter is in mlx-lm's format):", "", "```python",
+                  "from huggingface_hub import snapshot_download", "from mlx_lm import generate, load", "",
+                  f'adapters = snapshot_download("{repo_id}"' + (f', allow_patterns=["{sub}/*"])' if sub else ")")
+                  + (f' + "/{sub}"' if sub else ""),
+                  f'model, tokenizer = load("{base}", adapter_path=adapters)', "```", ""]
+    elif "lora" in formats:
         sub = folder_in_repo("lora", formats)
         lines += ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer",
                   "", f'base = AutoModelForCausalLM.from_pretrained("{base}")',

@@ -71,12 +71,25 @@ def test_lora_and_merged_exports_are_verified(run_dir, runs_dir):
     assert float(diff.stdout.strip()) > 0
 
 
-def test_merged_4bit_without_cuda_fails_before_any_work(run_dir, runs_dir):
-    out = cli("export", run_dir.name, "--format", "lora", "--format", "merged-4bit", runs_dir=runs_dir)
-    assert out.returncode == 2
-    assert "merged-4bit needs a CUDA GPU" in out.stderr
-    assert not (run_dir / "exports" / "checkpoint-4").exists()  # not even the lora that could have been made
+def test_merged_4bit_without_cuda_fails_before_any_work(run_dir, monkeypatch):
+    import torch
+
+    from trainers.export import ExportError, make_plan
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what this test means on a GPU box too
+    with pytest.raises(ExportError, match="merged-4bit needs a CUDA GPU"):
+        make_plan(run_dir, "best", ["lora", "merged-4bit"])
+    # Not even the lora that could have been made.
+    assert not (run_dir / "exports").exists() or not any((run_dir / "exports").rglob("export.json"))
     assert no_staging_left(run_dir)
+
+
+def test_the_export_cli_refuses_up_front_with_exit_2(run_dir, runs_dir):
+    # A CPU-only machine (CI): the same refusal through the command line, before any work.
+    out = cli("export", run_dir.name, "--format", "lora", "--format", "merged-4bit", runs_dir=runs_dir,
+              env={"CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 2 and "merged-4bit needs a CUDA GPU" in out.stderr
+    assert not any((run_dir / "exports").rglob("export.json")) if (run_dir / "exports").exists() else True
 
 
 def test_bad_checkpoint_and_format_names_are_clear_errors(run_dir, runs_dir):
@@ -91,21 +104,45 @@ def test_bad_checkpoint_and_format_names_are_clear_errors(run_dir, runs_dir):
     assert not (run_dir / "exports").exists() or not any((run_dir / "exports").rglob("export.json"))
 
 
-def test_an_export_that_does_not_fit_on_disk_is_refused_up_front(run_dir, runs_dir, tmp_path):
-    small = tmp_path / "small-disk"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
-    try:
-        (run_dir / "exports").symlink_to(small, target_is_directory=True)
-        out = cli("export", run_dir.name, "--format", "merged-16bit", runs_dir=runs_dir)
-        assert out.returncode == 2, out.stderr
-        assert "not enough free disk" in out.stderr and "merged-16bit needs about" in out.stderr
-        assert [p.name for p in small.iterdir()] == ["export.log"]
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
+def test_an_export_that_does_not_fit_on_disk_is_refused_up_front(run_dir, monkeypatch):
+    from collections import namedtuple
+
+    from trainers import export
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100_000, 100_000))
+    with pytest.raises(export.ExportError, match=r"not enough free disk in .*exports: merged-16bit needs about"):
+        export.make_plan(run_dir, "best", ["merged-16bit"])
+    assert not any((run_dir / "exports").iterdir())
+
+
+def test_a_failed_verification_leaves_nothing_half_written(run_dir, runs_dir):
+    # An adapter whose LoRA B weights are all zero merges into the base model unchanged: refused.
+    from safetensors.torch import load_file, save_file
+
+    best = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+    weights_path = run_dir / "checkpoints" / best / "adapter_model.safetensors"
+    weights = load_file(weights_path)
+    save_file({k: v.zero_() if "lora_B" in k else v for k, v in weights.items()}, weights_path)
+    out = cli("export", run_dir.name, "--format", "merged-16bit", "--json", runs_dir=runs_dir)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "zero" in (out.stdout + out.stderr).lower()
+    assert no_staging_left(run_dir) and not any((run_dir / "exports").rglob("export.json"))
+
+
+def test_llama_cpp_dir_is_used_when_set_and_a_wrong_one_is_named(tmp_path, monkeypatch):
+    from trainers.export import ExportError
+    from trainers.gguf import find_converter
+
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(ExportError, match=r"LLAMA_CPP_DIR=.*nowhere has no convert_hf_to_gguf.py"):
+        find_converter()
+    checkout = tmp_path / "llama.cpp"
+    (checkout / "conversion").mkdir(parents=True)
+    (checkout / "gguf-py" / "gguf").mkdir(parents=True)
+    (checkout / "convert_hf_to_gguf.py").write_text("# llama.cpp's converter\n")
+    monkeypatch.setenv("LLAMA_CPP_DIR", str(checkout))
+    assert find_converter() == checkout
 
 
 @pytest.mark.slow
@@ -203,12 +240,14 @@ def test_gguf_exports_are_read_back_with_template_and_modelfile(run_dir, runs_di
     assert no_staging_left(run_dir) and not (run_dir / "exports" / data["checkpoint"] / "merged-16bit").exists()
 
 
-def test_k_quants_without_a_quantizer_say_what_to_install(run_dir, runs_dir):
-    out = cli("export", run_dir.name, "--format", "gguf-q4_k_m", runs_dir=runs_dir,
-              env={"PATH": "/usr/bin:/bin"})
-    assert out.returncode == 2
-    assert "gguf-q4_k_m needs llama.cpp's quantizer" in out.stderr and "llama-cpp-python" in out.stderr
-    assert not any((run_dir / "exports").rglob("*.gguf"))
+def test_k_quants_without_a_quantizer_say_what_to_install(run_dir, monkeypatch):
+    from trainers import export
+
+    monkeypatch.setattr(export, "quantizer_available", lambda: None)  # no llama-quantize, no llama-cpp-python
+    with pytest.raises(export.ExportError, match="gguf-q4_k_m needs llama.cpp's quantizer") as err:
+        export.make_plan(run_dir, "best", ["gguf-q4_k_m"])
+    assert "llama-cpp-python" in str(err.value)
+    assert not (run_dir / "exports").exists() or not any((run_dir / "exports").rglob("*.gguf"))
 
 
 async def test_upload_form_previews_the_card_exports_and_uploads(run_dir, runs_dir, monkeypatch):
@@ -251,3 +290,36 @@ async def test_upload_form_previews_the_card_exports_and_uploads(run_dir, runs_d
         received = {path for commit in hub.commits for path in commit["files"]}
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= received
         assert hub.repos["me/from-the-form"]["private"] is True
+
+
+def test_model_card_carries_training_curves_evals_and_the_right_usage(runs_dir):
+    from conftest import write_run
+
+    from synaptic_tui.modelcard import build_model_card
+    from synaptic_tui.runs import load_run
+
+    run_dir = write_run(
+        runs_dir, "20261122-100000-kto-card",
+        config={"method": "kto", "model": {"name": "Qwen/Qwen2.5-0.5B-Instruct", "max_seq_length": 2048},
+                "dataset": {"path": "/data/kto_tool_calls.jsonl"},
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+                "training": {"learning_rate": 5e-5, "per_device_train_batch_size": 4, "max_steps": 20}},
+        metrics=[{"step": 10, "loss": 0.5, "kl": 0.2, "rewards/margins": 0.4},
+                 {"step": 20, "loss": 0.4, "kl": 0.5, "rewards/margins": 0.5}])
+    (run_dir / "evals" / "20261122-110000-demo").mkdir(parents=True)
+    (run_dir / "evals" / "20261122-110000-demo" / "summary.json").write_text(json.dumps(
+        {"total": 8, "passed": 6, "pass_rate": 0.75, "per_tag": {"search": {"passed": 3, "total": 4}}}))
+    card = str(build_model_card(load_run(run_dir), "checkpoint-10", ["lora", "gguf-q8_0"], "me/kto-card"))
+    assert "base_model: Qwen/Qwen2.5-0.5B-Instruct" in card and "library_name: peft" in card and "- gguf" in card
+    assert "| dataset | `kto_tool_calls.jsonl` |" in card and "| learning_rate | 5e-05 |" in card
+    assert "| LoRA | r=16, alpha=32" in card
+    assert "| kl | 0.5 | 0.5 |" in card and "| rewards/margins | 0.5 | 0.5 |" in card
+    assert "| score (margin / KL) | 1 | 2 |" in card  # final 0.5/0.5, best 0.4/0.2
+    assert "6/8 tool-calling cases passed (75%)" in card and "| search | 3 | 4 |" in card
+    assert 'PeftModel.from_pretrained(base, "me/kto-card")' in card and "ollama run hf.co/me/kto-card:Q8_0" in card
+
+    mlx_run = write_run(runs_dir, "20261122-120000-sft-mlx", config={"platform": "mlx", "model": {"name": "demo"}})
+    card = str(build_model_card(load_run(mlx_run), "final", ["lora"], "me/mlx-card"))
+    # mlx-lm's adapter format: loaded with mlx-lm, not PEFT.
+    assert "library_name: mlx" in card and "PeftModel" not in card
+    assert 'load("demo", adapter_path=adapters)' in card

@@ -35,8 +35,22 @@ def fixed_preflight(config, runs_dir):
     return report
 
 
+def cpu_only_capabilities():
+    # What a CPU-only machine without llama.cpp can export, whatever this machine has.
+    from synaptic_tui.exporting import EXPORT_FORMATS
+
+    reasons = {f: None for f in EXPORT_FORMATS}
+    reasons["merged-4bit"] = "needs a CUDA GPU (bitsandbytes 4-bit)"
+    reasons["gguf-q4_k_m"] = "needs llama.cpp's quantizer (llama-quantize on PATH, or llama-cpp-python)"
+    return reasons
+
+
 @pytest.fixture
 def app_on(monkeypatch):
+    from synaptic_tui import exporting
+
+    monkeypatch.setattr(exporting, "capabilities", cpu_only_capabilities)
+
     def make(runs_dir, cwd=None):
         monkeypatch.chdir(cwd or runs_dir.parent)
         return SynapticApp(Services.create(runs_dir, doctor=fixed_doctor, preflight=fixed_preflight))
