@@ -67,7 +67,8 @@ class PreflightReport:
     def format(self) -> str:
         lines = []
         if self.parameters:
-            trainable = f", {self.trainable_parameters:,} trainable (LoRA)" if self.trainable_parameters else ""
+            kind = "full fine-tune" if self.trainable_parameters == self.parameters else "LoRA"
+            trainable = f", {self.trainable_parameters:,} trainable ({kind})" if self.trainable_parameters else ""
             lines.append(f"model     {self.parameters:,} parameters{trainable}")
         if self.memory_needed_gb is not None:
             avail = f" of {self.memory_available_gb:.1f} GB free {self.memory_kind}" if self.memory_available_gb else ""
@@ -106,12 +107,18 @@ def available_ram_gb() -> float | None:
         return None
 
 
-def lora_parameters(info: ModelInfo, config_json: dict[str, Any], rank: int) -> int | None:
-    """LoRA adapter size for all linear layers: r * (in + out) per projection."""
+def mlx_layers(lora: dict[str, Any]) -> int | None:
+    """How many of the last layers mlx-lm adapts (`lora.num_layers`; -1 or unset: all)."""
+    layers = int(lora.get("num_layers", -1) or -1)
+    return None if layers == -1 else layers
+
+
+def lora_parameters(info: ModelInfo, config_json: dict[str, Any], rank: int, layers: int | None = None) -> int | None:
+    """LoRA adapter size for all linear layers (of the last `layers`, else all): r * (in + out) per projection."""
     try:
         hidden = int(config_json["hidden_size"])
         inter = int(config_json["intermediate_size"])
-        layers = int(config_json["num_hidden_layers"])
+        layers = min(layers or 10**9, int(config_json["num_hidden_layers"]))
         heads = int(config_json["num_attention_heads"])
     except (KeyError, TypeError, ValueError):
         return None
@@ -186,7 +193,8 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
                    "(it needs its own: pip install -c .ci/constraints.txt -e '.[unsloth]')")
     if platform != "mlx" and (importlib.util.find_spec("trl") is None or importlib.util.find_spec("torch") is None):
         report.add("error", "extras", "training needs the train extra: pip install -c .ci/constraints.txt -e '.[train]'")
-    on_gpu = gpu_free is not None and platform != "cpu"
+    # MLX trains in unified memory (RAM on Linux), never on an NVIDIA card this machine may also have.
+    on_gpu = gpu_free is not None and platform not in ("cpu", "mlx")
 
     # Model: exact size from the files on disk.
     info = read_model_info(Path(model_name)) if model_name else None
@@ -202,7 +210,9 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
     else:
         config_json = json.loads((info.path / "config.json").read_text())
         report.parameters = info.parameters
-        report.trainable_parameters = lora_parameters(info, config_json, int(lora.get("r", 16)))
+        full = platform == "mlx" and lora.get("fine_tune_type") == "full"
+        report.trainable_parameters = info.parameters if full else lora_parameters(
+            info, config_json, int(lora.get("r", 16)), layers=mlx_layers(lora) if platform == "mlx" else None)
         if info.parameters:
             needed = estimate_memory_gb(config, info, config_json, report.trainable_parameters, on_gpu)
             report.memory_needed_gb = needed

@@ -76,20 +76,70 @@ async def test_mlx_run_trains_live_cancels_resumes_and_fuses(demo_model, runs_di
     # The resumed run continued the step count: every step once, in order.
     assert train_steps == list(range(1, 7))
     assert all(KEYS <= set(r) for r in records if "loss" in r)
+    # The optimizer came back with its step: the cosine schedule goes on falling across the resume
+    # (a fresh optimizer would start again at the peak learning rate).
+    rates = [r["learning_rate"] for r in records if "loss" in r]
+    assert all(a > b for a, b in zip(rates, rates[1:])), rates
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4, 6]
     assert (run_dir / "final" / "adapters.safetensors").is_file()
     assert json.loads((run_dir / "final" / "adapter_config.json").read_text())["fine_tune_type"] == "lora"
     assert [r.run_id for r in list_runs(runs_dir)] == [run_dir.name]
 
-    # Fused with mlx-lm into a Hugging Face model that transformers loads and generates from.
+    # Fused with mlx-lm into a Hugging Face model that transformers loads and generates from, and
+    # converted to GGUF by llama.cpp's converter like any other run.
     out = cli("export", run_dir.name, "--checkpoint", "final", "--format", "merged-16bit", "--format", "lora",
-              runs_dir=runs_dir)
+              "--format", "gguf-q8_0", runs_dir=runs_dir, timeout=900)
     assert out.returncode == 0, out.stderr
     merged = read_export(export_dir(run_dir, "final", "merged-16bit"))
     assert merged["fused_with"] == "mlx-lm" and merged["verify"]["loads"] and merged["verify"]["tools_in_template"]
     lora = read_export(export_dir(run_dir, "final", "lora"))
     assert lora["adapter_format"] == "mlx-lm" and lora["adapter_max_delta"] > 0
     assert "optimizer.safetensors" not in lora["files"]
+    gguf = read_export(export_dir(run_dir, "final", "gguf-q8_0"))
+    assert gguf["verify"]["architecture"] == "llama" and gguf["verify"]["chat_template"]
+    assert (export_dir(run_dir, "final", "gguf-q8_0") / gguf["file"]).read_bytes()[:4] == b"GGUF"
+
+    # The upload plan and card of an MLX run (dry run: no network).
+    out = cli("upload", run_dir.name, "--checkpoint", "final", "--repo-id", "me/mlx-demo", "--format", "lora",
+              "--dry-run", "--json", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    assert "library_name: mlx" in json.loads(out.stdout)["model_card"]
+
+    # Evaluated like any run: its fused model served by mlx_lm.server, results filed under the run.
+    from synaptic_tui.serving import mlx_server
+
+    cases = json.loads((EXAMPLES / "prompts" / "tool_calling.json").read_text())[:2]
+    prompts = runs_dir.parent / "two.json"
+    prompts.write_text(json.dumps(cases))
+    with mlx_server(export_dir(run_dir, "final", "merged-16bit"), runs_dir.parent / "serve.log") as (url, model):
+        out = cli("eval", "--backend", "openai", "--url", url, "--model", model, "--prompt-set", str(prompts),
+                  "--max-tokens", "8", "--run", run_dir.name, "--json", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["total"] == 2 and summary["errors"] == 0
+    assert Path(summary["eval_dir"]).parent == run_dir / "evals"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fine_tune_type", "accumulation"), [("dora", 2), ("full", 1)])
+def test_dora_full_and_gradient_accumulation(demo_model, runs_dir, fine_tune_type, accumulation):
+    out = cli("train", "--platform", "mlx", "--config", MLX, "--model", str(demo_model), "--yes", "--wait", "--json",
+              "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set", "dataset.test_size=0",
+              "--set", f"lora.fine_tune_type={fine_tune_type}",
+              "--set", f"training.gradient_accumulation_steps={accumulation}", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "loss" in r]
+    # A step is an optimizer update, as TRL counts it: 2 steps of 2 batches each. The rate reported at
+    # step k is the schedule's (cosine over 2 updates) value for update k-1: the peak, then half of it.
+    # Counting batches as steps would have made one update and reported the peak twice.
+    assert [r["step"] for r in train] == [1, 2]
+    assert [r["learning_rate"] for r in train] == pytest.approx([0.0005, 0.00025])
+    assert json.loads((run_dir / "final" / "adapter_config.json").read_text())["fine_tune_type"] == fine_tune_type
+    out = cli("export", run_dir.name, "--checkpoint", "final", "--format", "merged-16bit", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    assert read_export(export_dir(run_dir, "final", "merged-16bit"))["verify"]["loads"]
 
 
 def test_kto_on_mlx_is_refused_with_the_reason(demo_model, runs_dir):

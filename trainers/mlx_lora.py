@@ -129,16 +129,17 @@ class StepHook:
         import numpy as np
 
         rng = np.random.default_rng(self.seed)
+        # Counted in batches; a step is an optimizer update, `accumulation` batches, as in TRL.
         consumed = local = 0
+        skip = self.start_step * self.accumulation
         while True:
             for bucket in rng.permutation(len(buckets)):
                 consumed += 1
-                if consumed <= self.start_step:
+                if consumed <= skip:
                     continue
-                if local > 0:
-                    step = self.start_step + local
-                    # With gradient accumulation a stop waits for an optimizer update to finish.
-                    stopping = self.should_stop() and step % self.accumulation == 0
+                if local > 0 and local % self.accumulation == 0:
+                    step = self.start_step + local // self.accumulation
+                    stopping = self.should_stop()
                     self.on_step_end(step, stopping)
                     if stopping:
                         self.stopped_at = step
@@ -220,7 +221,9 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
     train_set = CacheDataset(ChatRows(train_rows, tokenizer, assistant_only))
     valid_set = CacheDataset(ChatRows(valid_rows, tokenizer, assistant_only)) if valid_rows else None
 
-    steps_per_epoch = max(1, len(train_rows) // batch_size)
+    accumulation = int(training.get("gradient_accumulation_steps", 1))
+    # Steps are optimizer updates (as TRL counts them); mlx-lm's train() counts batches.
+    steps_per_epoch = max(1, len(train_rows) // batch_size // accumulation)
     max_steps = int(training.get("max_steps", -1))
     total = max_steps if max_steps > 0 else math.ceil(float(training.get("num_train_epochs", 1)) * steps_per_epoch)
     lr = float(training.get("learning_rate", 2e-4))
@@ -262,7 +265,7 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
                                 "time": round(time.time(), 3), **fields})
 
         def on_train_loss_report(self, info: dict[str, Any]) -> None:
-            step = int(info["iteration"]) + start
+            step = int(info["iteration"]) // accumulation + start
             self.trained_tokens = float(info["trained_tokens"]) + trained_tokens
             self.record({"step": step, "loss": info["train_loss"], "learning_rate": info["learning_rate"],
                          "tokens_per_second": info["tokens_per_second"],
@@ -304,15 +307,14 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
         if step % save_steps == 0 or stopping:
             save(step)
 
-    hook = StepHook(seed, start, on_step_end, lambda: stop.requested,
-                    int(training.get("gradient_accumulation_steps", 1)))
+    hook = StepHook(seed, start, on_step_end, lambda: stop.requested, accumulation)
     arguments = TrainingArgs(
-        batch_size=batch_size, iters=total - start, val_batches=-1,
-        steps_per_report=int(training.get("logging_steps", 1)),
+        batch_size=batch_size, iters=(total - start) * accumulation, val_batches=-1,
+        steps_per_report=int(training.get("logging_steps", 1)) * accumulation,
         steps_per_eval=10**9, steps_per_save=10**9,  # both done at exact steps by our hook
         adapter_file=str(writer.run_dir / ".mlx-adapters.safetensors"), max_seq_length=max_length,
         grad_checkpoint=bool(training.get("gradient_checkpointing", False)),
-        grad_accumulation_steps=int(training.get("gradient_accumulation_steps", 1)),
+        grad_accumulation_steps=accumulation,
     )
     if arguments.iters > 0:
         mlx_train(model=model, optimizer=optimizer, train_dataset=train_set, val_dataset=None, args=arguments,

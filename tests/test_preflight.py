@@ -1,0 +1,104 @@
+"""Pre-flight findings, each on its own: memory, truncation, LoRA rank, output dir, disk, MLX sizes.
+
+The demo model is real (config.json and safetensors on disk); what the machine has (free RAM,
+GPU memory, disk) is set per test, so each finding is checked whatever this machine is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLES
+
+from synaptic_tui import preflight
+from synaptic_tui.config import config_to_dict, load_config
+
+GB = 1024**3
+
+
+def config_for(demo_model: Path, *overrides: str) -> dict:
+    return config_to_dict(load_config(EXAMPLES / "configs" / "sft.yaml",
+                                      [f"model.name={demo_model}", "platform=cpu", *overrides]))
+
+
+def findings(report, topic: str) -> list[str]:
+    return [f"{f.level}: {f.message}" for f in report.findings if f.topic == topic]
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A CPU machine with 16 GB free RAM and 100 GB free disk, unless a test says otherwise."""
+    state = {"ram": 16.0, "gpu": None, "disk": 100 * GB}
+    monkeypatch.setattr(preflight, "available_ram_gb", lambda: state["ram"])
+    monkeypatch.setattr(preflight, "free_gpu_memory_gb", lambda: state["gpu"])
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage(state["disk"], 0, state["disk"]))
+    return state
+
+
+def test_parameter_count_comes_from_the_files(demo_model, runs_dir, machine):
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    expected = json.loads((demo_model / "synaptic_demo.json").read_text())["parameters"]
+    assert report.parameters == expected and report.trainable_parameters > 0
+    assert report.memory_kind == "RAM" and report.memory_available_gb == 16.0 and not report.errors
+
+
+def test_too_little_memory_is_an_error_and_little_headroom_a_warning(demo_model, runs_dir, machine):
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    needed = report.memory_needed_gb
+    machine["ram"] = needed / 2
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    assert findings(report, "memory") == [f"error: needs ~{needed:.1f} GB but only {needed / 2:.1f} GB RAM is free: "
+                                          "lower per_device_train_batch_size or max_seq_length, or load_in_4bit"]
+    machine["ram"] = needed * 1.1
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    assert findings(report, "memory")[0].startswith("warning: ") and "little headroom" in findings(report, "memory")[0]
+
+
+def test_rows_longer_than_max_length_are_counted_with_the_real_tokenizer(demo_model, runs_dir, machine):
+    # The sample rows are ~1.7-1.9k tokens: at 1800 some are cut, at 64 every answer is gone.
+    report = preflight.run_preflight(config_for(demo_model, "model.max_seq_length=1800"), runs_dir)
+    stats = report.token_stats
+    assert 0 < stats["over_max"] < stats["rows"]
+    assert any(f"{stats['over_max']} of {stats['rows']} rows are longer than max_seq_length 1800" in line
+               for line in findings(report, "tokens"))
+    report = preflight.run_preflight(config_for(demo_model, "model.max_seq_length=64"), runs_dir)
+    assert any(line.startswith("error: every row's prompt is longer than max_seq_length 64")
+               for line in findings(report, "tokens"))
+
+
+def test_a_high_lora_rank_for_a_small_model_is_a_warning(demo_model, runs_dir, machine):
+    report = preflight.run_preflight(config_for(demo_model, "lora.r=128", "lora.alpha=128"), runs_dir,
+                                     count_tokens=False)
+    assert any("rank 128 is high for a" in line and "8-32 is usual" in line for line in findings(report, "lora"))
+
+
+def test_an_unwritable_runs_dir_is_an_error(demo_model, runs_dir, machine, monkeypatch):
+    monkeypatch.setattr(preflight.os, "access", lambda path, mode: False)
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    assert findings(report, "output") == [f"error: {runs_dir} is not writable"]
+
+
+def test_low_disk_is_a_warning_and_no_room_for_checkpoints_an_error(demo_model, runs_dir, machine):
+    machine["disk"] = 5 * GB
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    assert findings(report, "disk") == [f"warning: only 5.0 GB free in {runs_dir}"]
+    machine["disk"] = GB // 10
+    report = preflight.run_preflight(config_for(demo_model), runs_dir, count_tokens=False)
+    assert findings(report, "disk")[0].startswith(f"error: 0.1 GB free in {runs_dir}, checkpoints need ~")
+
+
+def test_mlx_runs_are_sized_for_unified_memory_and_what_they_train(demo_model, runs_dir, machine):
+    machine["gpu"] = 80.0  # an NVIDIA card in the same box must not be what MLX is compared against
+    lora = preflight.run_preflight(config_for(demo_model, "platform=mlx"), runs_dir, count_tokens=False)
+    assert lora.memory_kind in ("RAM", "unified memory") and lora.memory_available_gb == 16.0
+    fewer = preflight.run_preflight(config_for(demo_model, "platform=mlx", "lora.num_layers=1"), runs_dir,
+                                    count_tokens=False)
+    assert 0 < fewer.trainable_parameters < lora.trainable_parameters
+    full = preflight.run_preflight(config_for(demo_model, "platform=mlx", "lora.fine_tune_type=full"), runs_dir,
+                                   count_tokens=False)
+    assert full.trainable_parameters == full.parameters and full.memory_needed_gb > lora.memory_needed_gb
+    assert "trainable (full fine-tune)" in full.format()
