@@ -532,14 +532,27 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
                             temperature=ev.temperature, max_tokens=ev.max_tokens, concurrency=ev.concurrency)
 
     def run(url: str, model: str) -> dict[str, Any]:
+        import asyncio
+
+        from evaluator.runner import EvalCannotRun, preflight
+
+        settings = settings_for(url, model)
+        try:  # a server that is down or lacks the model fails the stage, as `synaptic-tui eval` exits 1
+            for warning in asyncio.run(preflight(settings)):
+                runner.say(f"eval: warning: {warning}")
+        except EvalCannotRun as exc:
+            raise StageFailed(str(exc)) from None
         if existing and Path(existing).is_dir():
             eval_dir = Path(existing)
             runner.say(f"eval: finishing {eval_dir.name}")
         else:
-            eval_dir = create_eval(settings_for(url, model), root)
+            eval_dir = create_eval(settings, root)
             stage.result[f"{key}_dir"] = str(eval_dir)
             runner.save()
-        return _run_eval_until_stopped(runner, eval_dir, url=url)
+        summary = _run_eval_until_stopped(runner, eval_dir, url=url)
+        if summary.get("total") and summary.get("errors") == summary["total"]:
+            raise StageFailed(f"no case got an answer from {url} (see {eval_dir / 'report.md'})")
+        return summary
 
     if ev.backend != "local":
         return run(ev.url or runner.config.eval.url or default_url(backend), ev.model or runner.config.eval.model)

@@ -104,7 +104,7 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
         "select": {"checkpoint": "best"},
         "export": {"formats": ["merged-16bit"]},
         "upload": {"repo_id": "me/pipeline-demo"},
-        "eval": {"backend": "local", "prompt_set": "two.json", "max_tokens": 8, "concurrency": 2},
+        "eval": {"backend": "local", "prompt_set": "two.json", "max_tokens": 8, "concurrency": 2, "baseline": True},
     }, training={"logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-4})
     hub = HubServer(token="hf_pipelineToken0123456789").start()
     try:
@@ -148,8 +148,10 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     assert state.stage("kto").run_id == kto_run
     kto_status = read_status(runs_dir / kto_run)
     assert (kto_status.state, kto_status.step) == ("succeeded", 16)
-    steps = [json.loads(line)["step"] for line in (runs_dir / kto_run / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 16 and steps[0] == 1
+    steps = [r["step"] for r in map(json.loads, (runs_dir / kto_run / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == list(range(1, 17)), "every KTO step once: resumed from its checkpoint, not started over"
+    assert f"resumed from checkpoint-{stopped_at.step}" in (runs_dir / kto_run / "train.log").read_text()
     select = state.stage("select").result
     assert select["run_id"] == kto_run and select["checkpoint"] == kto_status.extra["best_checkpoint"]
     export = state.stage("export").result
@@ -164,6 +166,10 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     assert Path(evaluation["eval_dir"]).parent == runs_dir / kto_run / "evals"
     assert sorted(r["id"] for r in records) == [c["id"] for c in cases]
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
+    # The base model was evaluated on the same cases, and the two compared.
+    assert Path(evaluation["baseline_dir"]).parent == pipeline_dir / "evals"
+    comparison = json.loads(Path(evaluation["comparison"]).read_text())
+    assert comparison["overall"]["b"] == evaluation["pass_rate"] and "delta" in comparison["overall"]
     shown = cli("pipeline", "show", pipeline_dir.name, runs_dir=runs_dir)
     assert "succeeded" in shown.stdout and f"checkpoint {select['checkpoint']}" in shown.stdout
     listed = json.loads(cli("pipeline", "list", "--json", runs_dir=runs_dir).stdout)
@@ -308,3 +314,116 @@ def test_serving_without_the_server_installed_says_what_to_install(tmp_path, mon
     with pytest.raises(serving.ServerFailed, match=r"mlx_lm.server, which is not installed: .*\[mlx\]"):
         with serving.mlx_server(tmp_path, tmp_path / "serve.log"):
             pass
+
+
+def write_eval(root: Path, eval_id: str, passed: dict[str, bool]) -> Path:
+    """A finished eval as the evaluator leaves it: eval.json, results.jsonl, summary.json."""
+    from evaluator.runner import finish_eval
+
+    eval_dir = root / eval_id
+    eval_dir.mkdir(parents=True)
+    settings = {"backend": "openai", "url": "http://127.0.0.1:9/v1", "model": "m", "prompt_set": "/p.json",
+                "case_ids": list(passed)}
+    (eval_dir / "eval.json").write_text(json.dumps({"eval_id": eval_id, "state": "completed", "settings": settings}))
+    (eval_dir / "results.jsonl").write_text("".join(
+        json.dumps({"id": case, "tags": ["search"], "passed": ok, "reasons": [] if ok else ["no call"],
+                    "checks": [], "calls": [], "error": None}) + "\n" for case, ok in passed.items()))
+    finish_eval(eval_dir)
+    return eval_dir
+
+
+async def test_the_eval_stage_opens_its_results_and_compares_with_the_base_model(runs_dir):
+    from evaluator.runner import compare_evals
+    from textual.widgets import DataTable, Static
+
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.pipeline import PipelineState, StageState, write_pipeline
+    from synaptic_tui.screens.evaluate import EvalCompareScreen, EvalResultsScreen
+    from synaptic_tui.screens.pipelines import PipelineScreen
+    from synaptic_tui.services import Services
+
+    pipeline_dir = runs_dir / "20261123-090000-pipeline-demo"
+    base = write_eval(pipeline_dir / "evals", "20261123-100000-base", {"c1": False, "c2": True, "c3": False})
+    tuned = write_eval(runs_dir / "20261123-091000-kto-demo" / "evals", "20261123-101000-tuned",
+                       {"c1": True, "c2": True, "c3": False})
+    (pipeline_dir / "baseline_comparison.json").write_text(json.dumps(compare_evals(base, tuned)))
+    write_pipeline(pipeline_dir, PipelineState(pipeline_dir.name, state="succeeded", stages=[StageState(
+        "eval", "succeeded", result={"eval_dir": str(tuned), "baseline_dir": str(base), "pass_rate": 2 / 3,
+                                     "baseline_pass_rate": 1 / 3, "delta": 1 / 3,
+                                     "comparison": str(pipeline_dir / "baseline_comparison.json")})]))
+    app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(140, 40)) as pilot:
+        app.push_screen(PipelineScreen(pipeline_dir))
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert screen.query_one("#stages", DataTable).get_cell("eval", "result") == "pass rate 67% (base model 33%)"
+        detail = str(screen.query_one("#stage-detail", Static).render())
+        assert "against the base model: 67% vs 33% (+33%), 1 cases fixed, 0 broken" in detail
+        assert "search" in detail and "(base 33%, +33%)" in detail
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, EvalResultsScreen) and app.screen.eval_dir == tuned
+        assert app.screen.query_one("#results", DataTable).row_count == 3
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        await pilot.press("v")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, EvalCompareScreen) and (app.screen.a, app.screen.b) == (base, tuned)
+        assert "fixed[/]" not in str(app.screen.query_one("#compare-flips", Static).render())
+        assert "c1" in str(app.screen.query_one("#compare-flips", Static).render())
+
+
+def test_a_failed_stage_stops_the_pipeline_and_keeps_what_was_made(demo_model, runs_dir, tmp_path):
+    (tmp_path / "two.json").write_text(json.dumps(json.loads((EXAMPLES / "prompts" / "tool_calling.json")
+                                                             .read_text())[:2]))
+    path = write_config(tmp_path / "pipe.yaml", {
+        "sft": {"training": {"max_steps": 2, "save_steps": 2}},
+        "export": {"formats": ["lora"]},
+        "eval": {"backend": "openai", "url": "http://127.0.0.1:9/v1", "model": "m", "prompt_set": "two.json"},
+    }, training={"logging_steps": 1, "per_device_train_batch_size": 2})
+    out = cli("pipeline", "--config", str(path), "--wait", "--json", runs_dir=runs_dir)
+    assert out.returncode != 0
+    pipeline_dir = Path(json.loads(out.stdout)["path"])
+    state = read_pipeline(pipeline_dir)
+    assert state.state == "failed" and [(s.name, s.state) for s in state.stages] == [
+        ("sft", "succeeded"), ("export", "succeeded"), ("eval", "failed")]
+    assert state.error.startswith("eval: ") and "not reachable at http://127.0.0.1:9/v1" in state.error
+    lora = Path(state.stage("export").result["paths"]["lora"])
+    assert (lora / "adapter_model.safetensors").is_file()  # nothing produced is deleted
+
+
+def test_a_pipeline_whose_runner_was_killed_resumes_following_its_training_run(demo_model, runs_dir, tmp_path):
+    import signal
+
+    path = write_config(tmp_path / "pipe.yaml", {"sft": {"training": {"max_steps": 40, "save_steps": 20}},
+                                                 "select": {"checkpoint": "best"}},
+                        training={"logging_steps": 1, "per_device_train_batch_size": 2})
+    out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    pipeline_dir = Path(json.loads(out.stdout)["path"])
+    sft_run = wait_for(lambda: (s := read_pipeline(pipeline_dir).stage("sft")) and s.run_id
+                       and (status := read_status(runs_dir / s.run_id)) and status.step >= 2 and s.run_id)
+    runner = json.loads((pipeline_dir / "launch.json").read_text())
+    os.killpg(runner["pgid"], signal.SIGKILL)  # the runner only: the trainer has a session of its own
+    from synaptic_tui.pipeline import reconcile_pipeline
+
+    # Whoever looks next (the app, `pipeline show`) finds the runner gone.
+    state = wait_for(lambda: (s := reconcile_pipeline(pipeline_dir)) and s.finished and s, timeout=60)
+    assert state.state == "failed" and "vanished" in state.error
+    out = cli("pipeline", "resume", pipeline_dir.name, "--wait", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr + (pipeline_dir / "pipeline.log").read_text()
+    state = read_pipeline(pipeline_dir)
+    assert state.state == "succeeded" and state.stage("sft").run_id == sft_run  # followed, not started again
+    from synaptic_tui.runs import list_runs
+
+    assert [r.run_id for r in list_runs(runs_dir)] == [sft_run]
+    steps = [json.loads(line)["step"] for line in (runs_dir / sft_run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 41))
+    assert state.stage("select").result["run_id"] == sft_run
+
+
+def test_the_example_pipeline_config_is_valid():
+    config = load_config(EXAMPLES / "pipeline.yaml")
+    assert config.pipeline.stages() == ["sft", "kto", "select", "export", "eval"]
+    assert config.pipeline.eval.backend == "local" and config.pipeline.eval.baseline is True

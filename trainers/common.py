@@ -287,6 +287,8 @@ def load_datasets(writer: RunWriter, method: str):
 def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: str | None) -> None:
     """Train (resuming from a checkpoint if asked) and save the final adapter unless stopped early."""
     resume = str(writer.checkpoints_dir / resume_from) if resume_from else None
+    if resume:
+        print(f"[synaptic] resumed from {resume_from}: weights, optimizer, scheduler and RNG state", flush=True)
     trainer.train(resume_from_checkpoint=resume)
     if not stop.requested:
         trainer.save_model(str(writer.final_dir))

@@ -104,10 +104,31 @@ class PipelinesScreen(Screen):
             self.app.push_screen(PipelineScreen(self.app.services.runs_dir / str(row_key.value)))
 
 
+def baseline_summary(result: dict) -> list[str]:
+    """The fine-tune against the base model, from the eval stage's comparison file."""
+    import json
+
+    try:
+        comparison = json.loads(Path(result["comparison"]).read_text())
+    except (KeyError, OSError, ValueError):
+        return []
+    overall = comparison.get("overall") or {}
+    pct = lambda v: "n/a" if v is None else f"{v:.0%}"  # noqa: E731
+    delta = overall.get("delta")
+    lines = [f"[b]against the base model[/]: {pct(overall.get('b'))} vs {pct(overall.get('a'))}"
+             + (f" ({delta:+.0%})" if delta is not None else "")
+             + f", {len(comparison.get('fixed') or [])} cases fixed, {len(comparison.get('broken') or [])} broken"]
+    for tag, row in (comparison.get("per_tag") or {}).items():
+        change = f"{row['delta']:+.0%}" if row.get("delta") is not None else "n/a"
+        lines.append(f"  {escape(tag):<20} {pct(row.get('b'))} (base {pct(row.get('a'))}, {change})")
+    return lines
+
+
 class PipelineScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="screen.back"),
         Binding("enter", "open_stage", "Open stage", id="pipeline.open_stage"),
+        Binding("v", "compare_baseline", "Compare with base", id="pipeline.compare"),
         Binding("c", "cancel", "Cancel", id="pipeline.cancel"),
         Binding("R", "resume", "Resume", id="pipeline.resume"),
     ]
@@ -174,7 +195,12 @@ class PipelineScreen(Screen):
         lines += [f"{escape(str(k))}: {escape(str(v))}" for k, v in stage.result.items() if v not in (None, "", [], {})]
         if stage.error:
             lines.append(f"[red]{escape(stage.error)}[/]")
-        if stage.run_id:
+        if stage.name == "eval":
+            lines += baseline_summary(stage.result)
+            if stage.result.get("eval_dir"):
+                lines.append("enter: open its results" + ("   v: compare with the base model"
+                                                          if stage.result.get("baseline_dir") else ""))
+        elif stage.run_id:
             lines.append("enter: open its run")
         self.query_one("#stage-detail", Static).update("\n".join(lines))
 
@@ -183,11 +209,28 @@ class PipelineScreen(Screen):
 
     def action_open_stage(self) -> None:
         stage = self.highlighted()
+        eval_dir = stage.result.get("eval_dir") if stage else None
+        if eval_dir and Path(eval_dir).is_dir():
+            from synaptic_tui.screens.evaluate import EvalResultsScreen
+
+            self.app.push_screen(EvalResultsScreen(Path(eval_dir)))
+            return
         run_id = (stage.run_id or stage.result.get("run_id")) if stage else None
         if run_id and (self.pipeline_dir.parent / run_id).is_dir():
             self.app.show_run(self.pipeline_dir.parent / run_id)
         elif stage is not None:
             self.notify(f"{stage.name} has no run to open.", severity="warning")
+
+    def action_compare_baseline(self) -> None:
+        stage = self.state.stage("eval") if self.state else None
+        result = stage.result if stage else {}
+        if not (result.get("baseline_dir") and result.get("eval_dir")):
+            self.notify("No baseline eval: set pipeline.eval.baseline: true to evaluate the base model too.",
+                        severity="warning")
+            return
+        from synaptic_tui.screens.evaluate import EvalCompareScreen
+
+        self.app.push_screen(EvalCompareScreen(Path(result["baseline_dir"]), Path(result["eval_dir"])))
 
     def action_cancel(self) -> None:
         from synaptic_tui.pipeline import cancel_pipeline
