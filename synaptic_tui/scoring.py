@@ -34,6 +34,21 @@ def checkpoint_score(method: str, metrics: Mapping[str, Any]) -> float | None:
     return None if loss is None else -loss
 
 
+def ranking_metric(method: str, metrics: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The metric that ranked a checkpoint, as a user reads it: ("margin/KL", 1.2), ("eval_loss", 0.41), ..."""
+    if method == "kto":
+        score = kto_score(metrics)
+        if score is not None:
+            return "margin/KL", score
+        margin = kto_margin(metrics)
+        return None if margin is None else ("margin", margin)
+    for key in ("eval_loss", "loss"):
+        value = _number(metrics.get(key))
+        if value is not None:
+            return key, value
+    return None
+
+
 def metrics_at(step: int, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Every metric logged at or nearest before `step`, newest value per key.
 

@@ -95,7 +95,8 @@ def sample_runs(runs_dir) -> Path:
     """Three finished runs and one legacy tree, with fixed times so snapshots are stable."""
     write_run(runs_dir, "20261120-091500-sft-demo-model",
               status={"state": "succeeded", "step": 60, "max_steps": 60, "engine": "transformers",
-                      "started_at": "2026-11-20T09:15:00+00:00", "ended_at": "2026-11-20T09:21:30+00:00"},
+                      "started_at": "2026-11-20T09:15:00+00:00", "ended_at": "2026-11-20T09:21:30+00:00",
+                      "best_checkpoint": "checkpoint-40", "best_score": {"metric": "eval_loss", "value": 0.41234}},
               checkpoints=(20, 40, 60), final=True)
     write_run(runs_dir, "20261121-101000-kto-demo-model",
               status={"state": "failed", "step": 12, "max_steps": 40, "engine": "transformers",

@@ -184,3 +184,13 @@ def test_find_run_by_id_prefix_and_path(sample_runs):
         find_run(sample_runs, "2026112")
     with pytest.raises(LookupError, match="no run 'nope'"):
         find_run(sample_runs, "nope")
+
+
+def test_the_runs_screen_shows_the_best_checkpoint_and_its_score(sample_runs):
+    from synaptic_tui.widgets.runs_table import WIDE_COLUMNS, run_cells
+
+    by_id = {r.run_id: r for r in list_runs(sample_runs)}
+    cells = dict(zip((key for key, *_ in WIDE_COLUMNS), run_cells(by_id["20261120-091500-sft-demo-model"], wide=True)))
+    assert cells["best"] == "@40 0.412 eval" and cells["dataset"] == "sft.jsonl"
+    kto = dict(zip((key for key, *_ in WIDE_COLUMNS), run_cells(by_id["20261121-101000-kto-demo-model"], wide=True)))
+    assert kto["best"] == ""  # failed before any ranking

@@ -149,6 +149,7 @@ def test_the_best_checkpoint_survives_rotation(demo_model, runs_dir):
     assert evals[1] < evals[2], f"the setup needs the first checkpoint to be the best: {evals}"
     status = read_status(run_dir)
     assert status.extra["best_checkpoint"] == "checkpoint-1"
+    assert status.extra["best_score"] == {"metric": "eval_loss", "value": pytest.approx(evals[1], abs=1e-5)}
     assert (run_dir / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").exists()
     # What status.json calls the last checkpoint is one that is still on disk.
     assert (run_dir / "checkpoints" / status.last_checkpoint).is_dir()

@@ -165,6 +165,14 @@ def _all_ranks_agree(flag: bool, device) -> bool:
     return bool(value.item())
 
 
+def best_score(writer: RunWriter, step: int | None) -> dict[str, Any] | None:
+    """What ranked the best checkpoint, for lists of runs: {"metric": "eval_loss", "value": 0.41}."""
+    from synaptic_tui.scoring import ranking_metric
+
+    ranked = ranking_metric(writer.method, metrics_at(step, writer.history)) if step is not None else None
+    return {"metric": ranked[0], "value": round(ranked[1], 6)} if ranked else None
+
+
 def make_callback(writer: RunWriter, stop: StopRequest):
     """A transformers TrainerCallback bound to this run (built here so the module imports without transformers)."""
     from transformers import TrainerCallback
@@ -218,7 +226,7 @@ def make_callback(writer: RunWriter, stop: StopRequest):
         def on_save(self, args, state, control, **kwargs):
             best = f"checkpoint-{self.best_step}" if self.best_step is not None else None
             writer.update(step=state.global_step, last_checkpoint=f"checkpoint-{state.global_step}",
-                          best_checkpoint=best)
+                          best_checkpoint=best, best_score=best_score(writer, self.best_step))
 
         def on_train_end(self, args, state, control, **kwargs):
             # With save_total_limit, transformers may delete the last checkpoint at the end in favour

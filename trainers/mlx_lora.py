@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainers.common import RunWriter, StopRequest, run_training
+from trainers.common import RunWriter, StopRequest, best_score, run_training
 
 ENGINE = "mlx"
 
@@ -299,7 +299,8 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
                 shutil.rmtree(writer.checkpoints_dir / f"checkpoint-{old}", ignore_errors=True)
                 saved.discard(old)
         writer.update(step=step, last_checkpoint=f"checkpoint-{step}",
-                      best_checkpoint=f"checkpoint-{best}" if best is not None else None)
+                      best_checkpoint=f"checkpoint-{best}" if best is not None else None,
+                      best_score=best_score(writer, best))
 
     def on_step_end(step: int, stopping: bool) -> None:
         if step % eval_steps == 0:

@@ -23,8 +23,19 @@ COLUMNS = (
     ("started", "Started", 11),
     ("duration", "Duration", 8),
 )
-# The runs screen has the width for what the data was and which checkpoint is best.
-WIDE_COLUMNS = COLUMNS + (("dataset", "Dataset", 18), ("best", "Best", 16))
+# The runs screen adds the best checkpoint's score (before the times, so it shows at 120 columns)
+# and the dataset; narrower terminals scroll the table sideways.
+WIDE_COLUMNS = COLUMNS[:6] + (("best", "Best", 17),) + COLUMNS[6:] + (("dataset", "Dataset", 18),)
+SHORT_METRIC = {"margin/KL": "m/KL", "margin": "margin", "eval_loss": "eval", "loss": "loss"}
+
+
+def best_cell(status) -> str:
+    """`@40 0.412 eval`: the best checkpoint's step and the number that made it best."""
+    name = str(status.extra.get("best_checkpoint") or "").replace("checkpoint-", "@")
+    score = status.extra.get("best_score")
+    if not name or not isinstance(score, dict) or not isinstance(score.get("value"), (int, float)):
+        return name
+    return f"{name} {score['value']:.3f} {SHORT_METRIC.get(score.get('metric'), '')}".rstrip()
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -64,7 +75,7 @@ def run_cells(run: RunInfo, now: datetime | None = None, wide: bool = False) -> 
         duration,
     )
     if wide:
-        cells += (Path(run.dataset).name if run.dataset else "", str(status.extra.get("best_checkpoint") or ""))
+        cells = cells[:6] + (best_cell(status),) + cells[6:] + (Path(run.dataset).name if run.dataset else "",)
     return cells
 
 
