@@ -127,8 +127,17 @@ def test_run_screen(snap_compare, app_on, sample_runs):
         "[synaptic] 100 KTO rows from data/kto.jsonl: 57 desirable, 43 undesirable\n"
         "torch.OutOfMemoryError: CUDA out of memory\n")
     (sample_runs / "20261121-101000-kto-demo-model" / "metrics.jsonl").write_text(
-        '{"step": 12, "loss": 0.4871, "kl": 0.02, "rewards/margins": 0.31, "learning_rate": 5e-05}\n')
+        '{"step": 10, "loss": 0.4871, "kl": 0.25, "rewards/margins": 0.31, "rewards/chosen": 0.12, '
+        '"rewards/rejected": -0.19, "learning_rate": 5e-05}\n'
+        '{"step": 12, "loss": 0.4702, "kl": 0.02, "rewards/margins": 0.33, "learning_rate": 5e-05}\n')
     assert snap_compare(app_on(sample_runs), press=["r", "down", "enter"], terminal_size=SIZE)
+
+
+def test_run_screen_80x24(snap_compare, app_on, sample_runs):
+    (sample_runs / "20261121-101000-kto-demo-model" / "metrics.jsonl").write_text(
+        '{"step": 10, "loss": 0.4871, "kl": 0.25, "rewards/margins": 0.31, "rewards/chosen": 0.12, '
+        '"rewards/rejected": -0.19, "learning_rate": 5e-05}\n')
+    assert snap_compare(app_on(sample_runs), press=["r", "down", "enter"], terminal_size=(80, 24))
 
 
 def test_run_screen_sft_with_checkpoints(snap_compare, app_on, runs_dir):

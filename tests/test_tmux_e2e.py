@@ -57,7 +57,7 @@ def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
     started = subprocess.run(
         [sys.executable, "-m", "synaptic_tui", "train", "--config", str(EXAMPLES / "configs" / "sft.yaml"),
          "--model", str(demo_model), "--runs-dir", str(runs_dir), "--yes", "--json",
-         "--set", "training.max_steps=16", "--set", "training.save_steps=4", "--set", "dataset.test_size=0"],
+         "--set", "training.max_steps=48", "--set", "training.save_steps=4", "--set", "dataset.test_size=0"],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert started.returncode == 0, started.stderr
     run_dir = Path(json.loads(started.stdout)["run_dir"])
@@ -71,18 +71,27 @@ def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
         screen = terminal.wait_for("checkpoint-4")
         assert "Checkpoint" in screen and "Eval loss" in screen
         terminal.keys("q")  # quit mid-run: the run must go on
-        time.sleep(1)
-        assert read_status(run_dir).state in ("running", "succeeded")
     finally:
         terminal.close()
-    # Reopen: the run is picked up again, from wherever it is now.
+    assert read_status(run_dir).state == "running", "quitting the app left the run running"
+    # Reopen mid-run: the run is picked up again, live, from wherever it is now.
     terminal = Terminal(app, env)
     try:
         terminal.wait_for("Recent runs", timeout=30)
         terminal.keys("r", "Enter")
-        screen = terminal.wait_for("checkpoint-16", timeout=180)
-        terminal.keys("b")
-        assert "★" in terminal.screen()
+        terminal.wait_for("running   engine transformers")
+        at_reopen = read_status(run_dir).step
+        assert at_reopen < 48, "the run finished before the app was reopened: nothing was reattached"
+        following = f"checkpoint-{(at_reopen // 4 + 1) * 4}"  # one the trainer had not saved at reopen
+        terminal.wait_for(following, timeout=180)
+        terminal.wait_for("succeeded   engine transformers", timeout=240)
+        # The best checkpoint (the starred row), found and acted on with the keyboard alone.
+        starred = [line for line in terminal.screen().splitlines() if "★" in line]
+        assert len(starred) == 1, terminal.screen()
+        best = starred[0].split("★", 1)[1].split()[0]
+        terminal.keys("b", "Enter")
+        terminal.wait_for(f"{run_dir.name} / {best}", timeout=10)
+        terminal.keys("Escape")
     finally:
         terminal.close()
     assert read_status(run_dir).state == "succeeded"

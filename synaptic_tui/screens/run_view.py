@@ -63,7 +63,10 @@ class RunScreen(Screen):
         Binding("b", "best", "Best", id="run.best"),
         Binding("c", "cancel_run", "Cancel run", id="run.cancel"),
         Binding("l", "focus_log", "Log", id="run.log"),
+        Binding("g", "toggle_curves", "Curves", id="run.curves"),
     ]
+    # An 80-column terminal has room for the table or the curves, not both side by side.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
@@ -179,6 +182,14 @@ class RunScreen(Screen):
 
     def action_focus_log(self) -> None:
         self.query_one(Log).focus()
+
+    def action_toggle_curves(self) -> None:
+        if not self.has_class("-narrow"):
+            self.notify("The curves are beside the table at this width.", timeout=2)
+            return
+        self.toggle_class("-show-curves")
+        if not self.has_class("-show-curves"):
+            self.query_one(CheckpointTable).focus()
 
     def action_checkpoint_actions(self) -> None:
         checkpoint = self.query_one(CheckpointTable).highlighted

@@ -27,13 +27,14 @@ COLUMNS = {
         ("lr", "LR", 9, lambda m: _num(m.get("learning_rate"), ".2e")),
         ("grad_norm", "Grad norm", 9, lambda m: _num(m.get("grad_norm"), ".4f")),
     ],
+    # Seven wide: "-0.2000" fits, and the whole KTO row fits beside the curves at 120 columns.
     "kto": [
-        ("loss", "Loss", 8, lambda m: _num(m.get("loss"), ".4f")),
-        ("kl", "KL", 8, lambda m: _num(m.get("kl"), ".4f")),
-        ("margin", "Margin", 8, lambda m: _num(m.get("rewards/margins"), ".4f")),
-        ("score", "Score", 8, kto_score_cell),
-        ("chosen", "Chosen", 8, lambda m: _num(m.get("rewards/chosen"), ".4f")),
-        ("rejected", "Rejected", 8, lambda m: _num(m.get("rewards/rejected"), ".4f")),
+        ("loss", "Loss", 7, lambda m: _num(m.get("loss"), ".4f")),
+        ("kl", "KL", 7, lambda m: _num(m.get("kl"), ".4f")),
+        ("margin", "Margin", 7, lambda m: _num(m.get("rewards/margins"), ".4f")),
+        ("score", "Score", 7, kto_score_cell),
+        ("chosen", "Chosen", 7, lambda m: _num(m.get("rewards/chosen"), ".4f")),
+        ("rejected", "Reject", 7, lambda m: _num(m.get("rewards/rejected"), ".4f")),
     ],
 }
 
@@ -71,7 +72,7 @@ class CheckpointTable(DataTable):
     def on_mount(self) -> None:
         self.add_column("", key="best", width=1)
         self.add_column("Checkpoint", key="checkpoint", width=16)
-        self.add_column("Step", key="step", width=6)
+        self.add_column("Step", key="step", width=5)
         for key, label, width, _ in self.columns_spec:
             self.add_column(label, key=key, width=width)
 
