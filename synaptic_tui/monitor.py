@@ -59,6 +59,7 @@ class RunMetrics:
         self.save_steps = save_steps
         self.max_points = max_points
         self.watched: set[int] = set()  # checkpoint steps seen on disk; they outlive a rewritten file
+        self._checkpoints_known = False  # until then every save step's snapshot is kept
         self.reset()
 
     def reset(self) -> None:
@@ -78,7 +79,11 @@ class RunMetrics:
         snapshots of checkpoints rotated away by save_total_limit are dropped once the recent window has
         passed them, so a long run keeps a handful of snapshots, not one per save."""
         self.watched = {s for s in steps if isinstance(s, int)}
-        if self.recent:
+        self._checkpoints_known = True
+        self._prune()
+
+    def _prune(self) -> None:
+        if self.recent and self._checkpoints_known:
             oldest = self.recent[0][0]
             for stale in [s for s in self.saved if s < oldest and s not in self.watched]:
                 del self.saved[stale]
@@ -116,6 +121,9 @@ class RunMetrics:
             self.recent.append((step, record))
             if len(self.recent) > RECENT_SNAPSHOTS:
                 self.window_base.update(self.recent.popleft()[1])
+                if self.records % RECENT_SNAPSHOTS == 0:
+                    # Reading a long backlog: snapshots of checkpoints long rotated away go as it passes.
+                    self._prune()
 
     def metrics_at(self, step: int | None) -> dict[str, Any]:
         """Metrics logged at or nearest before `step` (None: the final adapter, i.e. the latest)."""

@@ -129,3 +129,16 @@ def test_steps_per_second_follows_the_recent_pace_not_the_whole_run():
     # Cancelled at 50, resumed an hour later at 4 steps/s: the pause drops out of the window.
     metrics.add({"step": 50 + s, "time": 3750.0 + s / 4} for s in range(1, 41))
     assert metrics.steps_per_second() == 4.0
+
+
+def test_a_long_backlog_keeps_only_the_snapshots_of_checkpoints_on_disk():
+    from synaptic_tui.monitor import RunMetrics
+
+    # Reopening a long run: save_steps 10 over 100k steps, save_total_limit kept three checkpoints.
+    metrics = RunMetrics("sft", save_steps=10)
+    metrics.set_checkpoints([99_980, 99_990, 100_000])
+    metrics.add({"step": s, "loss": 1.0 / s} for s in range(1, 100_001))
+    # The three on disk, and the save steps of the last two 512-record windows (pruned once per
+    # window): about a hundred snapshots, not ten thousand.
+    assert len(metrics.saved) <= 3 + 2 * 512 // 10 + 1
+    assert metrics.metrics_at(99_980)["loss"] == 1.0 / 99_980
