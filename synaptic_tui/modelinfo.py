@@ -101,3 +101,20 @@ def read_model_info(model_dir: Path) -> ModelInfo | None:
         num_layers=config.get("num_hidden_layers"),
         source=source,
     )
+
+
+def local_model_dir(name: str) -> Path | None:
+    """A model as it is on this disk: a directory, or a Hub id already in the Hugging Face cache
+    (training downloaded it there); None when neither. Never downloads."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached, or not a valid id: the size is simply unknown
+        return None
+

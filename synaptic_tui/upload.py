@@ -19,7 +19,7 @@ from synaptic_tui.config import repo_id as check_repo_id
 from synaptic_tui.exporting import EXPORT_RECORD, export_dir, human_bytes, read_export
 from synaptic_tui.hf_token import find_hf_token, redact
 from synaptic_tui.modelcard import build_model_card, folder_in_repo
-from synaptic_tui.runs import RunInfo, slugify
+from synaptic_tui.runs import RunInfo, read_run_config, slugify
 
 RETRIES = 4
 RETRY_STATUS = {429, 500, 502, 503, 504}
@@ -36,6 +36,7 @@ class UploadItem:
     path_in_repo: str
     files: list[tuple[str, int]]  # (name in the export dir, size); empty until exported
     exported: bool
+    estimate: int = 0  # bytes, for a format not exported yet (0: the base model's size is unknown)
 
     @property
     def size(self) -> int:
@@ -69,7 +70,8 @@ class UploadPlan:
         for item in self.items:
             where = item.path_in_repo or "/"
             if not item.exported:
-                lines.append(f"{item.fmt:<13} -> {where:<14} not exported yet: exported first")
+                size = f"about {human_bytes(item.estimate)}" if item.estimate else "size unknown"
+                lines.append(f"{item.fmt:<13} -> {where:<14} not exported yet ({size}): exported first")
                 continue
             lines.append(f"{item.fmt:<13} -> {where:<14} {len(item.files)} files, {human_bytes(item.size)}")
             for name, size in item.files:
@@ -82,7 +84,8 @@ class UploadPlan:
                 "checkpoint": self.checkpoint, "token": self.token_source, "repo_url": self.repo_url, "total_bytes": self.total_bytes,
                 "to_export": self.to_export, "commits": self.commits, "model_card": self.card,
                 "items": [{"format": i.fmt, "path_in_repo": i.path_in_repo, "local_dir": str(i.local_dir),
-                           "exported": i.exported, "files": [{"name": n, "size": s} for n, s in i.files]}
+                           "exported": i.exported, "estimated_bytes": i.estimate or None,
+                           "files": [{"name": n, "size": s} for n, s in i.files]}
                           for i in self.items]}
 
 
@@ -109,10 +112,13 @@ def validate_repo_id(value: str | None, run: RunInfo) -> str:
 def plan_upload(run: RunInfo, checkpoint: str, formats: list[str], repo_id: str | None,
                 private: bool = True) -> UploadPlan:
     """What would be uploaded where, checked before any network or export work."""
-    from synaptic_tui.exporting import order_formats
+    from synaptic_tui.exporting import estimated_bytes, order_formats
+    from synaptic_tui.modelinfo import local_model_dir, read_model_info
 
     repo = validate_repo_id(repo_id, run)
     formats = order_formats(formats)
+    local_base = local_model_dir(str((read_run_config(run.path).get("model") or {}).get("name") or run.model))
+    info = read_model_info(local_base) if local_base else None
     items, records = [], {}
     for fmt in formats:
         local = export_dir(run.path, checkpoint, fmt)
@@ -122,7 +128,8 @@ def plan_upload(run: RunInfo, checkpoint: str, formats: list[str], repo_id: str 
             records[fmt] = record
             files = sorted((str(p.relative_to(local)), p.stat().st_size) for p in local.rglob("*")
                            if p.is_file() and p.name != EXPORT_RECORD)
-        items.append(UploadItem(fmt, local, folder_in_repo(fmt, formats), files, record is not None))
+        estimate = 0 if record is not None else estimated_bytes(info.parameters if info else None, [fmt])
+        items.append(UploadItem(fmt, local, folder_in_repo(fmt, formats), files, record is not None, estimate))
     card = str(build_model_card(run, checkpoint, formats, repo, records))
     _, source = find_hf_token()
     return UploadPlan(run, checkpoint, repo, private, items, card, token_source=source)

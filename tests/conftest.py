@@ -83,6 +83,22 @@ def write_legacy_runs(root: Path) -> dict[str, Path]:
     return {"sft": sft, "kto": kto}
 
 
+def write_eval(root: Path, eval_id: str, passed: dict[str, bool]) -> Path:
+    """A finished eval as the evaluator leaves it: eval.json, results.jsonl, summary.json."""
+    from evaluator.runner import finish_eval
+
+    eval_dir = root / eval_id
+    eval_dir.mkdir(parents=True)
+    settings = {"backend": "openai", "url": "http://127.0.0.1:9/v1", "model": "m", "prompt_set": "/p.json",
+                "case_ids": list(passed)}
+    (eval_dir / "eval.json").write_text(json.dumps({"eval_id": eval_id, "state": "completed", "settings": settings}))
+    (eval_dir / "results.jsonl").write_text("".join(
+        json.dumps({"id": case, "tags": ["search"], "passed": ok, "reasons": [] if ok else ["no call"],
+                    "checks": [], "calls": [], "error": None}) + "\n" for case, ok in passed.items()))
+    finish_eval(eval_dir)
+    return eval_dir
+
+
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
     path = tmp_path / "runs"

@@ -286,6 +286,7 @@ async def test_upload_form_previews_the_card_exports_and_uploads(run_dir, runs_d
                     break
             log = "\n".join(screen.query_one("#upload-log", Log).lines)
             assert "lora: verified" in log and "Uploaded to me/from-the-form" in log, log
+            assert "/commit/" in log  # the commit links, as the result
             assert SECRET not in log
         received = {path for commit in hub.commits for path in commit["files"]}
         assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= received
@@ -323,3 +324,37 @@ def test_model_card_carries_training_curves_evals_and_the_right_usage(runs_dir):
     # mlx-lm's adapter format: loaded with mlx-lm, not PEFT.
     assert "library_name: mlx" in card and "PeftModel" not in card
     assert 'load("demo", adapter_path=adapters)' in card
+
+
+async def test_the_upload_form_is_never_left_busy(run_dir, runs_dir, monkeypatch):
+    from textual.widgets import Log
+
+    from synaptic_tui import exporting
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.runs import load_run
+    from synaptic_tui.screens.upload import UploadScreen
+    from synaptic_tui.services import Services
+
+    async def crashed(*args, **kwargs):
+        raise RuntimeError("the exporter could not start")
+
+    monkeypatch.setattr(exporting, "run_export_async", crashed)
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.push_screen(UploadScreen(run_dir=run_dir, checkpoint="final"))
+        await pilot.pause()
+        screen = app.screen
+        screen._start(load_run(run_dir), "final", ["lora"], None)
+        for _ in range(50):
+            await pilot.pause(0.1)
+            if not screen.busy:
+                break
+        assert not screen.busy
+        assert "RuntimeError: the exporter could not start" in "\n".join(screen.query_one("#upload-log", Log).lines)
+
+
+def test_the_dry_run_estimates_what_is_not_exported_yet(run_dir, runs_dir):
+    out = cli("upload", run_dir.name, "--repo-id", "me/x", "--format", "merged-16bit", "--dry-run", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    # The demo model's size is known from its files: a merged bf16 copy is about 2 bytes a parameter.
+    assert "merged-16bit  -> /              not exported yet (about " in out.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES, REPO, write_eval
 
 from synaptic_tui.config import ConfigError, load_config
 from synaptic_tui.pipeline import read_pipeline
@@ -314,22 +314,6 @@ def test_serving_without_the_server_installed_says_what_to_install(tmp_path, mon
     with pytest.raises(serving.ServerFailed, match=r"mlx_lm.server, which is not installed: .*\[mlx\]"):
         with serving.mlx_server(tmp_path, tmp_path / "serve.log"):
             pass
-
-
-def write_eval(root: Path, eval_id: str, passed: dict[str, bool]) -> Path:
-    """A finished eval as the evaluator leaves it: eval.json, results.jsonl, summary.json."""
-    from evaluator.runner import finish_eval
-
-    eval_dir = root / eval_id
-    eval_dir.mkdir(parents=True)
-    settings = {"backend": "openai", "url": "http://127.0.0.1:9/v1", "model": "m", "prompt_set": "/p.json",
-                "case_ids": list(passed)}
-    (eval_dir / "eval.json").write_text(json.dumps({"eval_id": eval_id, "state": "completed", "settings": settings}))
-    (eval_dir / "results.jsonl").write_text("".join(
-        json.dumps({"id": case, "tags": ["search"], "passed": ok, "reasons": [] if ok else ["no call"],
-                    "checks": [], "calls": [], "error": None}) + "\n" for case, ok in passed.items()))
-    finish_eval(eval_dir)
-    return eval_dir
 
 
 async def test_the_eval_stage_opens_its_results_and_compares_with_the_base_model(runs_dir):

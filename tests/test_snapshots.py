@@ -178,3 +178,68 @@ def test_pipeline_screen(snap_compare, app_on, runs_dir):
     state.stages[1].error = "run 20261122-091000-kto-demo failed: CUDA out of memory"
     write_pipeline(pipeline_dir, state)
     assert snap_compare(app_on(runs_dir), press=["p", "enter"], terminal_size=SIZE)
+
+
+def finished_pipeline(runs_dir):
+    from test_pipeline import write_pipeline_fixture
+
+    from synaptic_tui.pipeline import read_pipeline, write_pipeline
+
+    pipeline_dir = write_pipeline_fixture(runs_dir)
+    state = read_pipeline(pipeline_dir)  # finished, so no duration depends on the clock
+    state.state, state.ended_at = "failed", "2026-11-22T09:12:00+00:00"
+    state.stages[1].state, state.stages[1].ended_at = "failed", "2026-11-22T09:12:00+00:00"
+    write_pipeline(pipeline_dir, state)
+    return pipeline_dir
+
+
+def test_pipelines_list_screen(snap_compare, app_on, runs_dir):
+    finished_pipeline(runs_dir)
+    assert snap_compare(app_on(runs_dir), press=["p"], terminal_size=SIZE)
+
+
+def evals_fixture(root):
+    from conftest import write_eval
+
+    base = write_eval(root, "20261123-100000-demo-model", {"case-001": False, "case-002": True, "case-003": False})
+    tuned = write_eval(root, "20261123-101000-demo-model-sft", {"case-001": True, "case-002": True, "case-003": False})
+    return base, tuned
+
+
+def test_past_evals_screen(snap_compare, app_on, runs_dir, monkeypatch):
+    monkeypatch.setenv("SYNAPTIC_EVALS_DIR", str(runs_dir.parent / "evals"))
+    evals_fixture(runs_dir.parent / "evals")
+    assert snap_compare(app_on(runs_dir), press=["e", "ctrl+o"], terminal_size=SIZE)
+
+
+def test_eval_results_screen(snap_compare, app_on, runs_dir):
+    from synaptic_tui.screens.evaluate import EvalResultsScreen
+
+    _, tuned = evals_fixture(runs_dir.parent / "evals")
+
+    async def run_before(pilot):
+        await pilot.app.push_screen(EvalResultsScreen(tuned))
+        await pilot.pause(0.5)
+
+    assert snap_compare(app_on(runs_dir), run_before=run_before, terminal_size=SIZE)
+
+
+def test_eval_compare_screen(snap_compare, app_on, runs_dir):
+    from synaptic_tui.screens.evaluate import EvalCompareScreen
+
+    base, tuned = evals_fixture(runs_dir.parent / "evals")
+
+    async def run_before(pilot):
+        await pilot.app.push_screen(EvalCompareScreen(base, tuned))
+        await pilot.pause()
+
+    assert snap_compare(app_on(runs_dir), run_before=run_before, terminal_size=SIZE)
+
+
+def test_checkpoint_actions_dialog(snap_compare, app_on, sample_runs):
+    assert snap_compare(app_on(sample_runs), press=["r", "down", "down", "enter", "enter"], terminal_size=SIZE)
+
+
+def test_confirm_dialog(snap_compare, app_on, sample_runs):
+    # Deleting a run asks first.
+    assert snap_compare(app_on(sample_runs), press=["r", "x"], terminal_size=SIZE)

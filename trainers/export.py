@@ -28,7 +28,7 @@ from synaptic_tui.config import EXPORT_FORMATS
 from synaptic_tui.exporting import (EXPORT_RECORD, GGUF_FORMATS, ExportError, estimated_bytes, export_dir,
                                     exports_root, human_bytes, order_formats, quantizer_available,
                                     resolve_checkpoint)
-from synaptic_tui.modelinfo import read_model_info
+from synaptic_tui.modelinfo import local_model_dir, read_model_info
 from synaptic_tui.runs import load_legacy_run, load_run, slugify, utc_now
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -95,6 +95,10 @@ def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
         if not torch.cuda.is_available():
             raise ExportError("merged-4bit needs a CUDA GPU (bitsandbytes 4-bit quantization); this machine has "
                               "none. Export merged-16bit, or gguf-q8_0 / gguf-q4_k_m for a small file, instead")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ExportError("merged-4bit needs bitsandbytes: pip install bitsandbytes (in this environment)")
     if "gguf-q4_k_m" in formats and quantizer_available() is None:
         raise ExportError("gguf-q4_k_m needs llama.cpp's quantizer: put `llama-quantize` on PATH (build llama.cpp) "
                           "or `pip install llama-cpp-python`; gguf-f16 and gguf-q8_0 need neither")
@@ -102,7 +106,8 @@ def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
         from trainers.gguf import find_converter
 
         find_converter()  # raises ExportError saying how to get it
-    info = read_model_info(Path(base)) if Path(base).is_dir() else None
+    local = local_model_dir(base)
+    info = read_model_info(local) if local else None
     needed = estimated_bytes(info.parameters if info else None, formats)
     root = exports_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)

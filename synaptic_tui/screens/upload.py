@@ -231,6 +231,14 @@ class UploadScreen(Screen):
         self.app.run_worker(self._job(run, checkpoint, formats, plan), group="upload", exit_on_error=False)
 
     async def _job(self, run: RunInfo, checkpoint: str, formats: list[str], plan) -> None:
+        from synaptic_tui.hf_token import find_hf_token, redact
+
+        try:
+            await self._export_and_upload(run, checkpoint, formats, plan)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the form must not stay busy
+            self.post_message(self.Finished(False, redact(f"{type(exc).__name__}: {exc}", find_hf_token()[0])))
+
+    async def _export_and_upload(self, run: RunInfo, checkpoint: str, formats: list[str], plan) -> None:
         from synaptic_tui.exporting import ExportRequest, run_export_async
         from synaptic_tui.upload import UploadError, refresh_plan, upload
 
