@@ -306,6 +306,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), end="")
         return EXIT_OK
+    if changes and not args.yes:
+        # A proposal is shown before it is used: launching with it is a second, explicit step.
+        if args.json:
+            _print_json({"config": config, "preflight": report.to_dict(), "auto_changes": [vars(c) for c in changes]})
+        print("synaptic-tui: auto-config proposed the changes above; re-run with --yes to launch with them "
+              "(or --dry-run to see the whole config)", file=sys.stderr)
+        return EXIT_USAGE
     if report.warnings and not args.yes:
         print("synaptic-tui: pre-flight warnings above; re-run with --yes to launch anyway", file=sys.stderr)
         return EXIT_USAGE
@@ -314,7 +321,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = create_run(runs_dir, config, method, slug)
     record = launch_training(run_dir)
     if args.json:
-        _print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": record.pid})
+        _print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": record.pid,
+                     **({"auto_changes": [vars(c) for c in changes]} if changes else {})})
     else:
         print(f"{run_dir.name}\t{run_dir}")
     if args.wait:
@@ -348,7 +356,7 @@ def wait_for_run(run_dir: Path, quiet: bool = False) -> int:
                 if step and first_step is None:
                     first_step = (now, step)
                 eta = ""
-                if first_step and total and step > first_step[1]:
+                if first_step and total and step > first_step[1] and status.state == "running":
                     rate = (step - first_step[1]) / (now - first_step[0])
                     eta = f"  eta {int((total - step) / rate)}s"
                 line = f"{status.state:<9} step {step}/{total or '?'}" + (f"  loss {loss:.4f}" if loss is not None else "") + eta

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,8 +94,11 @@ def mlx_server(model_dir: Path, log_path: Path, timeout: float = 300.0) -> Itera
     port = free_port()
     command = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir), "--host", "127.0.0.1",
                "--port", str(port)]
-    with _serve("mlx_lm.server", command, log_path, timeout, env=env, cwd=work, port=port) as url:
-        yield url, str(model_dir)
+    try:
+        with _serve("mlx_lm.server", command, log_path, timeout, env=env, cwd=work, port=port) as url:
+            yield url, str(model_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

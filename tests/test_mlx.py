@@ -123,7 +123,8 @@ async def test_mlx_run_trains_live_cancels_resumes_and_fuses(demo_model, runs_di
 @pytest.mark.slow
 @pytest.mark.parametrize(("fine_tune_type", "accumulation"), [("dora", 2), ("full", 1)])
 def test_dora_full_and_gradient_accumulation(demo_model, runs_dir, fine_tune_type, accumulation):
-    out = cli("train", "--platform", "mlx", "--config", MLX, "--model", str(demo_model), "--yes", "--wait", "--json",
+    # The README's command as written: the example config's own `model: demo` (the session's demo model).
+    out = cli("train", "--platform", "mlx", "--config", MLX, "--yes", "--wait", "--json",
               "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set", "dataset.test_size=0",
               "--set", f"lora.fine_tune_type={fine_tune_type}",
               "--set", f"training.gradient_accumulation_steps={accumulation}", runs_dir=runs_dir)
@@ -147,3 +148,21 @@ def test_kto_on_mlx_is_refused_with_the_reason(demo_model, runs_dir):
               "--dry-run", runs_dir=runs_dir)
     assert out.returncode == 2
     assert "mlx-lm has no KTO trainer" in out.stderr
+
+
+def test_mlx_loss_mask_covers_only_the_assistant_turns(demo_model):
+    from mlx_lm.utils import load
+
+    from trainers.data import load_rows
+    from trainers.mlx_lora import ChatRows
+
+    _, tokenizer = load(str(demo_model))  # mlx-lm's wrapper, as the trainer gets it
+    rows, _ = load_rows(str(EXAMPLES / "data" / "sft_tool_calls.jsonl"), "sft", max_rows=3)
+    ids, mask = ChatRows(rows, tokenizer, assistant_only=True).process(rows[0])
+    assert 0 < mask.sum() < len(ids)
+    trained = tokenizer._tokenizer.decode([t for t, keep in zip(ids, mask) if keep])
+    # What the loss sees is the assistant's answer and tool calls, never the user's question.
+    user = next(m["content"] for m in rows[0]["messages"] if m["role"] == "user")
+    assert user not in trained and "<tool_call>" in trained
+    _, everything = ChatRows(rows, tokenizer, assistant_only=False).process(rows[0])
+    assert everything.all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,8 @@ def test_kto_run_logs_kl_and_rewards(demo_model, runs_dir):
     keys = set().union(*train_rows)
     assert {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"} <= keys
     assert (run_dir / "checkpoints" / "checkpoint-3").is_dir() and (run_dir / "final").is_dir()
+    # --wait follows with a progress line (each 10 s and at the end when stderr is not a terminal).
+    assert re.search(r"^succeeded step 3/3  loss \d+\.\d{4}$", out.stderr, re.M), out.stderr
 
 
 def test_cancel_then_resume_continues_the_step_count(demo_model, runs_dir):
@@ -294,6 +297,14 @@ def test_engine_and_trainer_environment_are_chosen_as_documented(monkeypatch):
     assert (mine["OMP_NUM_THREADS"], mine["OMP_WAIT_POLICY"]) == ("3", "ACTIVE")  # the user's settings win
     assert "OMP_WAIT_POLICY" not in trainer_environment({"platform": "mlx"}, base={})
     assert "HF_HUB_OFFLINE" not in trainer_environment({"model": {"name": "Qwen/Qwen2.5-0.5B"}}, base={})
+
+
+def test_auto_config_is_not_used_without_yes(demo_model, runs_dir):
+    out = cli("train", "--config", SFT, "--model", str(demo_model), "--auto", runs_dir=runs_dir)
+    assert out.returncode == 2
+    assert "auto-config proposes:" in out.stderr and "training.per_device_train_batch_size" in out.stderr
+    assert "re-run with --yes to launch with them" in out.stderr
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
 
 
 def test_two_process_run_through_accelerate(demo_model, runs_dir):
