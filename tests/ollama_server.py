@@ -162,7 +162,7 @@ class OllamaServer:
             chunks, final = self._scripted(body), None
         if chunks is None:  # already streamed
             return
-        self._answer(handler, name, chunks, final, stream, fault)
+        self._answer(handler, model, chunks, final, stream, fault)  # echoed as asked, like Ollama
 
     def _scripted(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         message = {"role": "assistant", "content": self.reply.get("content", "")}
