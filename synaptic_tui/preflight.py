@@ -257,9 +257,11 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
                     stats = token_stats(config)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                     report.add("warning", "tokens", f"could not count tokens: {exc}")
-                else:
+                    stats = None
+                # None without the train extra: no tokenizer to count with (the extras error says why).
+                if stats is not None:
                     report.token_stats = stats
-                    lost = stats.get("nothing_to_learn", 0) if stats else 0
+                    lost = stats.get("nothing_to_learn", 0)
                     if lost == stats["rows"]:
                         report.add("error", "tokens", f"every row's prompt is longer than max_seq_length "
                                    f"{stats['max_length']}: nothing would be left to learn from (p50 row: "
@@ -267,7 +269,7 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
                     elif lost:
                         report.add("warning", "tokens", f"{lost} of {stats['rows']} rows lose all their answer to "
                                    f"truncation at max_seq_length {stats['max_length']} and will be dropped")
-                    if stats and stats["over_max"]:
+                    if stats["over_max"]:
                         report.add("warning", "tokens", f"{stats['over_max']} of {stats['rows']} rows are longer than "
                                    f"max_seq_length {stats['max_length']} and will be truncated")
 

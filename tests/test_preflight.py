@@ -102,3 +102,13 @@ def test_mlx_runs_are_sized_for_unified_memory_and_what_they_train(demo_model, r
                                    count_tokens=False)
     assert full.trainable_parameters == full.parameters and full.memory_needed_gb > lora.memory_needed_gb
     assert "trainable (full fine-tune)" in full.format()
+
+
+def test_without_the_train_extra_the_report_says_what_to_install(demo_model, runs_dir, machine, monkeypatch):
+    # The TUI's own install (no transformers, no torch): pre-flight still reports, it does not crash.
+    real = preflight.importlib.util.find_spec
+    monkeypatch.setattr(preflight.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("transformers", "torch", "trl") else real(name, *a))
+    report = preflight.run_preflight(config_for(demo_model), runs_dir)
+    assert report.token_stats is None
+    assert any("training needs the train extra" in line for line in findings(report, "extras"))
