@@ -531,12 +531,12 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
         return new_settings(backend, model, prompt_set, url=url, tags=ev.tags, limit=ev.limit,
                             temperature=ev.temperature, max_tokens=ev.max_tokens, concurrency=ev.concurrency)
 
-    def run(url: str, model: str) -> dict[str, Any]:
+    def run(url: str, model_id: str) -> dict[str, Any]:
         import asyncio
 
         from evaluator.runner import EvalCannotRun, preflight
 
-        settings = settings_for(url, model)
+        settings = settings_for(url, model_id)
         try:  # a server that is down or lacks the model fails the stage, as `synaptic-tui eval` exits 1
             for warning in asyncio.run(preflight(settings)):
                 runner.say(f"eval: warning: {warning}")

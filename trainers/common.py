@@ -88,6 +88,12 @@ class RunWriter:
     def final_dir(self) -> Path:
         return self.run_dir / "final"
 
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the checkpoint-N directories on disk, oldest first."""
+        from synaptic_tui.runs import list_checkpoints
+
+        return [c.step for c in list_checkpoints(self.run_dir) if c.step is not None]
+
     def _read_history(self) -> list[dict[str, Any]]:
         """Metrics already logged (a resumed run), so the best checkpoint is judged over the whole run."""
         records = JsonlFollower(self.run_dir / "metrics.jsonl").read_all()
@@ -180,9 +186,8 @@ def make_callback(writer: RunWriter, stop: StopRequest):
     class SynapticCallback(TrainerCallback):
         def __init__(self) -> None:
             # Checkpoints on disk (a resumed run has some) plus the ones this run saves.
-            self.saved = {int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
-                          if p.name.split("-")[1].isdigit()
-                          and (writer.resume_step is None or int(p.name.split("-")[1]) <= writer.resume_step)}
+            self.saved = {step for step in writer.checkpoint_steps()
+                          if writer.resume_step is None or step <= writer.resume_step}
             self.best_step = self._best()
             self._last_status_write = 0.0
 
@@ -231,10 +236,9 @@ def make_callback(writer: RunWriter, stop: StopRequest):
         def on_train_end(self, args, state, control, **kwargs):
             # With save_total_limit, transformers may delete the last checkpoint at the end in favour
             # of the best one: last_checkpoint must name a directory that is still there.
-            on_disk = sorted((int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
-                              if p.name.split("-")[1].isdigit()), reverse=True)
-            if on_disk and f"checkpoint-{on_disk[0]}" != writer.status.last_checkpoint:
-                writer.update(last_checkpoint=f"checkpoint-{on_disk[0]}")
+            on_disk = writer.checkpoint_steps()
+            if on_disk and f"checkpoint-{on_disk[-1]}" != writer.status.last_checkpoint:
+                writer.update(last_checkpoint=f"checkpoint-{on_disk[-1]}")
 
     return SynapticCallback()
 

@@ -248,8 +248,7 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
     save_steps = int(training.get("save_steps", 50))
     eval_steps = int(training.get("eval_steps") or save_steps)
     keep = training.get("save_total_limit")
-    saved = {int(p.name.split("-")[1]) for p in writer.checkpoints_dir.glob("checkpoint-*")
-             if p.name.split("-")[1].isdigit()}
+    saved = set(writer.checkpoint_steps())
     evaluated: set[int] = set()
     writer.update(max_steps=total, step=start)
 
