@@ -3,7 +3,10 @@
 Deterministic (seeded), so `python examples/make_sample_data.py` reproduces
 the committed files byte for byte. The domain is a notes assistant whose tool
 calls must carry the session and workspace ids from the system prompt, as in
-the original Synaptic Tuner's datasets.
+the original Synaptic Tuner's datasets. Each row offers the tools it needs
+and one or two others (in random order), so choosing the right tool is part
+of what is learned. The prompt set is held out: its topics, folders and
+phrasings appear nowhere in the training data.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ TOPICS = ["rust ownership", "sourdough starter", "quarterly budget", "garden lay
           "reading list", "team offsite", "python packaging", "marathon training", "podcast ideas",
           "kitchen renovation", "thesis outline", "bird sightings", "job applications", "home network"]
 FOLDERS = ["projects", "journal", "recipes", "work", "travel", "ideas", "archive"]
+# Only the prompt set uses these: evaluation is on cases the training never saw.
+HELD_OUT_TOPICS = ["tax receipts", "piano practice", "wedding guests", "cloud migration", "camping gear",
+                   "chess openings"]
+HELD_OUT_FOLDERS = ["personal", "school", "inbox"]
 
 
 def slug(text: str) -> str:
@@ -64,45 +71,69 @@ def call(name: str, args: dict, session: str, workspace: str, call_id: str) -> d
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
 
 
-def scenario(rng: random.Random) -> tuple[str, list[tuple[str, dict]], str, str]:
+def scenario(rng: random.Random, held_out: bool = False) -> tuple[str, list[tuple[str, dict]], str, str]:
     """(user question, [(tool, args)], tool result text, final answer)."""
-    topic = rng.choice(TOPICS)
-    folder = rng.choice(FOLDERS)
+    topic = rng.choice(HELD_OUT_TOPICS if held_out else TOPICS)
+    folder = rng.choice(HELD_OUT_FOLDERS if held_out else FOLDERS)
     path = f"{folder}/{slug(topic)}.md"
-    kind = rng.choice(["search", "read", "create", "append", "list", "workspace", "search_read", "none"])
+    kind = rng.choice(["search", "read", "create", "append", "list", "workspace", "search_read", "none", "none"])
+
+    def ask(train: list[str], test: list[str]) -> str:
+        return rng.choice(test if held_out else train)
+
     if kind == "search":
         limit = rng.choice([3, 5, 10])
-        q = rng.choice([f"Find my notes about {topic}.", f"Do I have anything on {topic}?",
-                        f"Search for {topic}, top {limit} please."])
+        q = ask([f"Find my notes about {topic}.", f"Do I have anything on {topic}?",
+                 f"Search for {topic}, top {limit} please."],
+                [f"Look up {topic} in my notes, {limit} results at most.", f"Any notes mentioning {topic}?"])
         return q, [("search_notes", {"query": topic, "limit": limit})], json.dumps([path]), f"I found one note: {path}."
     if kind == "read":
-        q = rng.choice([f"Open {path}.", f"What does {path} say?", f"Read me the note at {path}."])
+        q = ask([f"Open {path}.", f"What does {path} say?", f"Read me the note at {path}."],
+                [f"Show me the contents of {path}.", f"Pull up {path} for me."])
         return q, [("read_note", {"path": path})], f"# {topic.title()}\nFirst draft.", f"{path} holds a first draft on {topic}."
     if kind == "create":
         tags = rng.sample(["todo", "draft", "idea", "personal", "work"], 2)
-        q = rng.choice([f"Start a note at {path} about {topic}, tagged {tags[0]} and {tags[1]}.",
-                        f"Create {path} with a heading for {topic}; tags: {', '.join(tags)}."])
+        q = ask([f"Start a note at {path} about {topic}, tagged {tags[0]} and {tags[1]}.",
+                 f"Create {path} with a heading for {topic}; tags: {', '.join(tags)}."],
+                [f"Make a new note {path} on {topic} and tag it {tags[0]}, {tags[1]}."])
         return (q, [("create_note", {"path": path, "content": f"# {topic.title()}\n", "tags": tags})],
                 json.dumps({"created": path}), f"Created {path}.")
     if kind == "append":
         line = rng.choice(["call the plumber", "buy flour", "book the venue", "email Sam", "water the beans"])
-        q = rng.choice([f"Add '{line}' to {path}.", f"Append a line to {path}: {line}."])
+        q = ask([f"Add '{line}' to {path}.", f"Append a line to {path}: {line}."],
+                [f"Put '{line}' at the end of {path}."])
         return q, [("append_to_note", {"path": path, "content": f"- {line}\n"})], json.dumps({"ok": True}), f"Added it to {path}."
     if kind == "list":
         order = rng.choice(["name", "modified", "created"])
-        q = rng.choice([f"What's in my {folder} folder, sorted by {order}?", f"List {folder} by {order}."])
+        q = ask([f"What's in my {folder} folder, sorted by {order}?", f"List {folder} by {order}."],
+                [f"Show the {folder} folder ordered by {order}."])
         return (q, [("list_folder", {"path": folder, "sort": order})], json.dumps([path, f"{folder}/index.md"]),
                 f"{folder} has {path} and {folder}/index.md.")
     if kind == "workspace":
-        q = rng.choice(["Which workspace am I in?", "Give me an overview of this vault."])
+        q = ask(["Which workspace am I in?", "Give me an overview of this vault."],
+                ["Tell me about the current workspace.", "What does this vault contain?"])
         return q, [("get_workspace", {})], json.dumps({"name": "Personal", "folders": FOLDERS[:3]}), "You are in Personal."
     if kind == "search_read":
-        q = f"Find the note about {topic} and tell me what it says."
+        q = ask([f"Find the note about {topic} and tell me what it says.",
+                 f"Search for my {topic} note and read it to me."],
+                [f"Locate the {topic} note and summarise it."])
         return (q, [("search_notes", {"query": topic, "limit": 1}), ("read_note", {"path": path})],
                 json.dumps([path]), f"The note {path} is a first draft on {topic}.")
-    q = rng.choice(["Thanks, that's all.", "What can you do?", f"Is {topic} a good name for a folder?"])
+    q = ask(["Thanks, that's all.", "What can you do?", f"Is {topic} a good name for a folder?",
+             "Good morning!", f"How should I organise notes about {topic}?"],
+            ["Cheers, that's everything for now.", "What are you able to help with?",
+             f"Would {folder} be a sensible place for notes on {topic}?"])
     return q, [], "", rng.choice(["Happy to help.", "I can search, read, create and organise your notes.",
-                                  "Sure, short folder names work well."])
+                                  "Sure, short folder names work well.", "Good morning! What shall we work on?",
+                                  "One folder per project, with a short index note, works well."])
+
+
+def offered_tools(rng: random.Random, needed: list[str]) -> list[dict]:
+    """The tools a row offers: the ones it needs and one or two others, in random order."""
+    others = [name for name in TOOL_NAMES if name not in needed]
+    names = list(dict.fromkeys(needed)) + rng.sample(others, rng.randint(1, 2) + (not needed))
+    rng.shuffle(names)
+    return [TOOLS[TOOL_NAMES.index(name)] for name in names]
 
 
 def sft_rows(rng: random.Random, n: int) -> list[dict]:
@@ -117,7 +148,7 @@ def sft_rows(rng: random.Random, n: int) -> list[dict]:
             for tc in tool_calls:
                 messages.append({"role": "tool", "tool_call_id": tc["id"], "content": result})
         messages.append({"role": "assistant", "content": answer})
-        rows.append({"messages": messages, "tools": TOOLS})
+        rows.append({"messages": messages, "tools": offered_tools(rng, [name for name, _ in calls])})
     return rows
 
 
@@ -154,7 +185,7 @@ def kto_rows(rng: random.Random, n: int) -> list[dict]:
         else:
             tool_calls, _ = corrupt(rng, calls, session, workspace)
         rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "", "tool_calls": tool_calls}],
-                     "label": good, "tools": TOOLS})
+                     "label": good, "tools": offered_tools(rng, [name for name, _ in calls])})
     return rows
 
 
@@ -164,7 +195,7 @@ def prompt_cases(rng: random.Random, n: int) -> list[dict]:
               "list_folder": "browse", "get_workspace": "browse"}
     while len(cases) < n:
         session, workspace = context(rng)
-        question, calls, _, _ = scenario(rng)
+        question, calls, _, _ = scenario(rng, held_out=True)
         tags = sorted({tag_of[name] for name, _ in calls}) or ["no-tool"]
         if len(calls) > 1:
             tags.append("multi-tool")
@@ -172,7 +203,7 @@ def prompt_cases(rng: random.Random, n: int) -> list[dict]:
                       "system": system_prompt(session, workspace), "tags": tags,
                       "expected_tools": [name for name, _ in calls],
                       "expected_context": {"sessionId": session, "workspaceId": workspace} if calls else {},
-                      "tools": TOOLS})
+                      "tools": offered_tools(rng, [name for name, _ in calls])})
     return cases
 
 

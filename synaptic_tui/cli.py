@@ -183,6 +183,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         data["engine"] = run.status.engine
         data["best_checkpoint"] = run.status.extra.get("best_checkpoint")
         data["checkpoints"] = [{"name": c.name, "step": c.step, "path": str(c.path)} for c in run.checkpoints()]
+        data["chat_template"] = run.status.extra.get("chat_template")
+        data["health_warnings"] = run.status.extra.get("health_warnings") or []
         if args.json:
             _print_json(data)
             return EXIT_OK
@@ -190,6 +192,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     "started_at", "ended_at", "best_checkpoint", "error"):
             if data.get(key) not in (None, ""):
                 print(f"{key:<15} {data[key]}")
+        if isinstance(data["chat_template"], dict) and data["chat_template"].get("name"):
+            from synaptic_tui.preflight import describe_template
+
+            print(f"{'chat template':<15} {describe_template(data['chat_template'])}")
+        for warning in data["health_warnings"][-3:]:
+            if isinstance(warning, dict):
+                print(f"{'warning':<15} step {warning.get('step')}: {warning.get('message')}")
         total = f"/{data['max_steps']}" if data["max_steps"] else ""
         print(f"{'step':<15} {data['step']}{total}")
         print(f"{'checkpoints':<15} " + (", ".join(c["name"] for c in data["checkpoints"]) or "none yet"))

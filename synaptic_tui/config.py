@@ -41,6 +41,22 @@ class ModelSection(Section):
     load_in_4bit: bool | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
+    # auto: the model's own template when it renders tool calls, else the built-in of the model's family;
+    # model: the model's own, unchanged; a built-in's name; or a path to a Jinja file.
+    chat_template: str = "auto"
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        from trainers.chat_templates import SETTINGS
+
+        if value in SETTINGS:
+            return value
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value!r} is neither a built-in nor a Jinja file; expected one of: "
+                             f"{', '.join(SETTINGS)}, or the path to a template file")
+        return str(path)
 
 
 class DatasetSection(Section):
@@ -96,6 +112,10 @@ class TrainingSection(Section):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     completion_only_loss: bool = True
+    # End the run `failed` when the loss or gradient norm stops being finite, or the gradient norm stays 0
+    # for unhealthy_steps logged steps in a row (nothing is being learned), instead of burning GPU hours.
+    stop_on_unhealthy: bool = True
+    unhealthy_steps: int = Field(3, gt=0)
     num_processes: int = Field(1, gt=0)
     output_dir: str | None = None
     beta: float = Field(0.1, gt=0)
@@ -570,6 +590,12 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
         if isinstance(pipeline.get("eval"), dict) and isinstance(pipeline["eval"].get("prompt_set"), str):
             pipeline["eval"]["prompt_set"] = str((base_dir / Path(pipeline["eval"]["prompt_set"]).expanduser()).resolve())
     model = data.get("model")
+    template = model.get("chat_template") if isinstance(model, dict) else None
+    if isinstance(template, str) and (only is None or ("model", "chat_template") in only):
+        from trainers.chat_templates import SETTINGS
+
+        if template not in SETTINGS:
+            model["chat_template"] = str((base_dir / Path(template).expanduser()).resolve())
     if isinstance(model, dict) and (only is None or ("model", "name") in only):
         for key in ("name", "model_name"):
             value = model.get(key)
@@ -591,7 +617,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), b
     for keys, value, raw in parsed:
         _merge(data, keys, value)
         source_of[tuple(keys)] = ("--set", None, raw)
-        if len(keys) == 2 and (keys[0], keys[1]) in {*PATH_FIELDS, ("model", "name")}:
+        if len(keys) == 2 and (keys[0], keys[1]) in {*PATH_FIELDS, ("model", "name"), ("model", "chat_template")}:
             resolve_paths(data, Path.cwd(), only={(keys[0], keys[1])})
     try:
         return TrainingConfig.model_validate(data)

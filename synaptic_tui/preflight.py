@@ -47,6 +47,7 @@ class PreflightReport:
     memory_kind: str | None = None  # "GPU" or "RAM"
     rows: int | None = None
     token_stats: dict[str, Any] | None = None
+    chat_template: dict[str, Any] | None = None  # what trainers.chat_templates chose, and why
 
     def add(self, level: str, topic: str, message: str) -> None:
         self.findings.append(Finding(level, topic, message))
@@ -73,6 +74,9 @@ class PreflightReport:
         if self.memory_needed_gb is not None:
             avail = f" of {self.memory_available_gb:.1f} GB free {self.memory_kind}" if self.memory_available_gb else ""
             lines.append(f"memory    ~{self.memory_needed_gb:.2f} GB needed{avail}")
+        if self.chat_template:
+            # A substituted template's reason is a finding of its own, below.
+            lines.append(f"template  {describe_template(self.chat_template, why=self.chat_template.get('source') == 'model')}")
         if self.token_stats:
             t = self.token_stats
             lines.append(f"tokens    mean {t['mean']:.0f}, p95 {t['p95']}, max {t['max']} per row; "
@@ -161,17 +165,77 @@ def estimate_memory_gb(config: dict[str, Any], info: ModelInfo, config_json: dic
     return (weights + adapter + activations + logits + overhead) / GB
 
 
-def token_stats(config: dict[str, Any], timeout: float = 300) -> dict[str, Any] | None:
-    """Token lengths from the real tokenizer and chat template, computed in a child process."""
+MASKS = {"markers": "loss on assistant turns, from the template's {% generation %} markers",
+         "prefix": "loss on assistant turns, derived from the template (each turn's rendering is a prefix)",
+         "trl": "loss on assistant turns, from TRL's training variant of the template",
+         "all": "loss on every token (training.completion_only_loss: false)",
+         "completion": "loss on the completion after the rendered prompt"}
+
+
+def describe_template(info: dict[str, Any], why: bool = True) -> str:
+    """One line: which template, why, and what the loss is computed on."""
+    text = f"{info['name']}: {info['reason']}" if why else info["name"]
+    if info.get("mask") in MASKS:
+        text += f"; {MASKS[info['mask']]}"
+    return text
+
+
+def probe_data(config: dict[str, Any], timeout: float = 300) -> dict[str, Any] | None:
+    """Token lengths and the chat-template checks, from the real tokenizer in a child process."""
     if importlib.util.find_spec("transformers") is None:
         return None
     payload = json.dumps(config)
     env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    out = subprocess.run([sys.executable, "-m", "trainers.token_stats"], input=payload, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "trainers.preflight_probe"], input=payload, capture_output=True,
                          text=True, timeout=timeout, env=env)
     if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "token_stats failed")
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "the data probe failed")
     return json.loads(out.stdout)
+
+
+def _template_findings(report: PreflightReport, probe: dict[str, Any], config: dict[str, Any], dataset_path: str) -> None:
+    """Template choice as info; every row that would train on text that lost the data as an error, with the fix."""
+    if probe.get("template_error"):
+        report.add("error", "template", probe["template_error"])
+        return
+    info = probe.get("template")
+    if not info:
+        return
+    report.chat_template = info
+    setting = str((config.get("model") or {}).get("chat_template") or "auto")
+    platform = str(config.get("platform", "auto"))
+    if info.get("source") != "model":
+        report.add("info", "template", f"training with {info['name']}, not the model's own template: {info['reason']}")
+    if info.get("added_tokens"):
+        tokens = ", ".join(info["added_tokens"])
+        if platform == "mlx":
+            report.add("error", "template", f"{info['name']} needs tokens the vocabulary lacks ({tokens}) and mlx-lm "
+                       "cannot add tokens to a model: use model.chat_template: auto (the model's family) or platform cpu/cuda")
+        else:
+            report.add("warning", "template", f"{info['name']} adds tokens the vocabulary lacks ({tokens}): their "
+                       "embeddings start untrained and are trained with the adapter")
+    findings = probe.get("findings") or []
+    if not findings:
+        return
+    for finding in findings[:5]:
+        where = f"{dataset_path}:{finding['line']}" if finding.get("line") else dataset_path
+        report.add("error", "template", f"{where}: {finding['problem']}")
+    rows = probe.get("rows_with_findings", len(findings))
+    if rows > 5 or len(findings) > 5:
+        report.add("error", "template", f"... {rows} of {info.get('rows_checked', rows)} rows in all")
+    mask_only = all("loss mask" in f["problem"] for f in findings)
+    if mask_only:
+        fix = ("set model.chat_template: auto or a built-in (their assistant turns are marked), or "
+               "training.completion_only_loss: false to train on every token")
+    elif setting == "model":
+        pick = probe.get("auto_would_pick")
+        fix = (f"set model.chat_template: auto (it uses {pick} for this model)" if pick and pick != "model"
+               else "set model.chat_template to a built-in (chatml-tools, llama3-json, mistral-tools) or a Jinja "
+                    "file that renders tools, tool calls and tool results")
+    else:
+        fix = ("use a template that renders tools, tool calls and tool results: model.chat_template: auto, "
+               "chatml-tools, llama3-json, mistral-tools, or a Jinja file")
+    report.add("error", "template", f"the run would train on text that lost the data; fix: {fix}")
 
 
 def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool = True) -> PreflightReport:
@@ -254,11 +318,14 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
                 report.add("error", "dataset", f"{data_report.rows} rows is fewer than one batch of {batch}")
             if count_tokens and info is not None:
                 try:
-                    stats = token_stats(config)
+                    probe = probe_data(config)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                    report.add("warning", "tokens", f"could not count tokens: {exc}")
-                    stats = None
+                    report.add("warning", "tokens", f"could not render the data with the chat template: {exc}")
+                    probe = None
                 # None without the train extra: no tokenizer to count with (the extras error says why).
+                if probe is not None:
+                    _template_findings(report, probe, config, dataset_path)
+                stats = (probe or {}).get("tokens")
                 if stats is not None:
                     report.token_stats = stats
                     lost = stats.get("nothing_to_learn", 0)

@@ -59,11 +59,13 @@ def test_too_little_memory_is_an_error_and_little_headroom_a_warning(demo_model,
 
 
 def test_rows_longer_than_max_length_are_counted_with_the_real_tokenizer(demo_model, runs_dir, machine):
-    # The sample rows are ~1.7-1.9k tokens: at 1800 some are cut, at 64 every answer is gone.
-    report = preflight.run_preflight(config_for(demo_model, "model.max_seq_length=1800"), runs_dir)
+    # Counted as the trainer will tokenize (the run's template, chatml-tools here): cut at the median
+    # row length, some rows are longer; at 64 every answer is gone.
+    median = preflight.run_preflight(config_for(demo_model), runs_dir).token_stats["p50"]
+    report = preflight.run_preflight(config_for(demo_model, f"model.max_seq_length={median}"), runs_dir)
     stats = report.token_stats
-    assert 0 < stats["over_max"] < stats["rows"]
-    assert any(f"{stats['over_max']} of {stats['rows']} rows are longer than max_seq_length 1800" in line
+    assert stats["p50"] == median and 0 < stats["over_max"] < stats["rows"]
+    assert any(f"{stats['over_max']} of {stats['rows']} rows are longer than max_seq_length {median}" in line
                for line in findings(report, "tokens"))
     report = preflight.run_preflight(config_for(demo_model, "model.max_seq_length=64"), runs_dir)
     assert any(line.startswith("error: every row's prompt is longer than max_seq_length 64")

@@ -179,6 +179,66 @@ def best_score(writer: RunWriter, step: int | None) -> dict[str, Any] | None:
     return {"metric": ranked[0], "value": round(ranked[1], 6)} if ranked else None
 
 
+class UnhealthyTraining(RuntimeError):
+    """Training that can only waste time (diverged, or learning nothing); the message is the run's error."""
+
+
+class TrainingHealth:
+    """Watches each log record for a run that diverged or stopped learning.
+
+    Non-finite loss or gradient norm: the run has diverged. A gradient norm of 0 for `unhealthy_steps`
+    logged steps in a row: nothing is being learned (a mask that selects nothing, a learning rate of 0).
+    KTO log-probs of chosen and rejected completions equal to the last digit, step after step: the two
+    render to the same text. Each is a warning in metrics.jsonl and status.json; the first two end the
+    run `failed` unless training.stop_on_unhealthy is false.
+    """
+
+    def __init__(self, writer: RunWriter) -> None:
+        training = writer.config.get("training") or {}
+        self.writer = writer
+        self.stop = bool(training.get("stop_on_unhealthy", True))
+        self.patience = int(training.get("unhealthy_steps", 3))
+        self.zero_grad_steps: list[int] = []
+        self.equal_logps_steps: list[int] = []
+
+    def check(self, step: int, logs: dict[str, Any]) -> str | None:
+        """The warning for this record, if any; raises UnhealthyTraining when the run must end."""
+        import math
+
+        def number(key: str) -> float | None:
+            value = logs.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        fatal = warning = None
+        for key, label in (("loss", "the loss"), ("eval_loss", "the eval loss"), ("grad_norm", "the gradient norm")):
+            value = number(key)
+            if value is not None and not math.isfinite(value):
+                fatal = f"diverged at step {step}: {label} is {value}"
+                break
+        grad = number("grad_norm")
+        if fatal is None and grad is not None:
+            self.zero_grad_steps = self.zero_grad_steps + [step] if grad == 0.0 else []
+            if self.zero_grad_steps:
+                warning = f"gradient norm is 0 at step {step}"
+            if len(self.zero_grad_steps) >= self.patience:
+                fatal = (f"the gradient norm was 0 for {len(self.zero_grad_steps)} logged steps in a row (steps "
+                         f"{self.zero_grad_steps[0]}-{step}): nothing is being learned. Check the loss mask and the "
+                         "chat template (synaptic-tui train --dry-run shows both) and the learning rate")
+        chosen, rejected = number("logps/chosen"), number("logps/rejected")
+        if chosen is not None and rejected is not None:
+            self.equal_logps_steps = self.equal_logps_steps + [step] if chosen == rejected else []
+            if len(self.equal_logps_steps) >= self.patience:
+                warning = (f"chosen and rejected log-probs have been equal for {len(self.equal_logps_steps)} steps: "
+                           "the desirable and undesirable completions may render to the same text")
+        if fatal is not None and self.stop:
+            raise UnhealthyTraining(fatal + " (training.stop_on_unhealthy: false to train on regardless)")
+        message = fatal or warning
+        if message is not None:
+            recent = list(self.writer.status.extra.get("health_warnings") or [])[-4:]
+            self.writer.update(health_warnings=recent + [{"step": step, "message": message}])
+        return message
+
+
 def make_callback(writer: RunWriter, stop: StopRequest):
     """A transformers TrainerCallback bound to this run (built here so the module imports without transformers)."""
     from transformers import TrainerCallback
@@ -190,6 +250,7 @@ def make_callback(writer: RunWriter, stop: StopRequest):
                           if writer.resume_step is None or step <= writer.resume_step}
             self.best_step = self._best()
             self._last_status_write = 0.0
+            self.health = TrainingHealth(writer)
 
         def _best(self) -> int | None:
             return best_step(writer.method, {step: metrics_at(step, writer.history) for step in self.saved})
@@ -217,6 +278,13 @@ def make_callback(writer: RunWriter, stop: StopRequest):
                 return
             record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
             record.update({k: v for k, v in logs.items() if k not in record})
+            try:
+                warning = self.health.check(state.global_step, logs)
+            except UnhealthyTraining:
+                writer.log_metrics(record)  # the record that shows the divergence stays in the history
+                raise
+            if warning:
+                record["health_warning"] = warning
             writer.log_metrics(record)
             # Checkpoints are saved right after this log in the same step: point transformers at
             # our best so its save_total_limit rotation never deletes it.
@@ -266,12 +334,17 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
     except BaseException as exc:  # every way out must leave a final state behind
         cancelled = isinstance(exc, KeyboardInterrupt)
         tail = "".join(traceback.format_exception(exc)[-8:]).strip()
+        if isinstance(exc, UnhealthyTraining):
+            tail = str(exc)  # our own verdict: the reason, not a traceback
         writer.update(state="cancelled" if cancelled else "failed", ended_at=utc_now(),
                       exit_code=EXIT_OK if cancelled else EXIT_FAILED, error=None if cancelled else tail[-4000:])
         writer.close()
         if cancelled:
             return EXIT_OK
-        traceback.print_exception(exc)
+        if isinstance(exc, UnhealthyTraining):
+            print(f"[synaptic] run failed: {exc}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exception(exc)
         return EXIT_FAILED
     final_state = "cancelled" if stop.requested else "succeeded"
     writer.update(state=final_state, ended_at=utc_now(), exit_code=EXIT_OK, engine=engine)
@@ -280,10 +353,9 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
     return EXIT_OK
 
 
-def load_datasets(writer: RunWriter, method: str):
-    """(train, eval or None) from the run's dataset, checked row by row, summarised in train.log."""
+def load_training_rows(writer: RunWriter, method: str) -> list[dict[str, Any]]:
+    """The run's dataset, checked row by row (trainers.data), summarised in train.log."""
     from trainers.data import load_rows
-    from trainers.datasets_hf import split, to_dataset
 
     dataset = writer.config.get("dataset") or {}
     rows, report = load_rows(dataset["path"], method, max_rows=dataset.get("max_rows"))
@@ -292,8 +364,58 @@ def load_datasets(writer: RunWriter, method: str):
           flush=True)
     for warning in report.warnings:
         print(f"[synaptic] warning: {warning}", flush=True)
+    return rows
+
+
+class RunTemplate:
+    """The run's chat template: chosen once the tokenizer is loaded, recorded in status.json and train.log.
+
+    Pass `prepare` to engine.load_for_training; it returns the ids of tokens the template added.
+    """
+
+    def __init__(self, writer: RunWriter, rows: list[dict[str, Any]]) -> None:
+        self.writer, self.rows = writer, rows
+        self.choice = None
+
+    def prepare(self, tokenizer) -> list[int]:
+        from trainers.chat_templates import choose_template, data_needs_tools, prepare_tokenizer
+
+        setting = str((self.writer.config.get("model") or {}).get("chat_template") or "auto")
+        self.choice = choose_template(tokenizer, setting, data_needs_tools(self.rows))
+        added = prepare_tokenizer(tokenizer, self.choice)
+        print(f"[synaptic] chat template: {self.choice.name} ({self.choice.reason})", flush=True)
+        if added:
+            print(f"[synaptic] added tokens the template needs: {', '.join(self.choice.added_tokens)} "
+                  "(their embedding rows are trained)", flush=True)
+        return added
+
+    def record(self, mask: str | None) -> None:
+        self.choice.mask = mask
+        self.writer.update(chat_template=self.choice.to_dict())
+
+
+def encode_sft_rows(tokenizer, rows: list[dict[str, Any]], assistant_only: bool) -> tuple[list[dict[str, list[int]]], str]:
+    """Token ids and loss masks of every row, one strategy for the run (trainers.chat_templates.encode)."""
+    from trainers.chat_templates import MaskError, mask_strategy, encode
+
+    strategy, training, failed = ("all", None, []) if not assistant_only else mask_strategy(tokenizer, rows)
+    if failed:
+        index, why = failed[0]
+        raise MaskError(f"row {index + 1}: the assistant-only loss mask cannot be derived from the chat template "
+                        f"({why}); use model.chat_template: auto or a built-in, or training.completion_only_loss: false")
+    encoded = []
+    for row in rows:
+        ids, mask, _ = encode(tokenizer, row["messages"], row.get("tools"), assistant_only=assistant_only,
+                              strategy=None if strategy == "all" else strategy, training_template=training)
+        encoded.append({"input_ids": ids, "assistant_masks": mask})
+    return encoded, strategy
+
+
+def split_dataset(writer: RunWriter, dataset):
+    from trainers.datasets_hf import split
+
     seed = int((writer.config.get("training") or {}).get("seed", 42))
-    return split(to_dataset(rows, method), float(dataset.get("test_size") or 0), seed)
+    return split(dataset, float((writer.config.get("dataset") or {}).get("test_size") or 0), seed)
 
 
 def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: str | None) -> None:

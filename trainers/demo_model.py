@@ -21,42 +21,12 @@ from synaptic_tui.paths import demo_model_dir
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKER = "synaptic_demo.json"
 
-# ChatML with tools. Assistant turns sit inside {% generation %} so TRL can
-# train on them alone; tool calls render as <tool_call>{json}</tool_call>,
-# arguments given either as a JSON string (OpenAI) or a mapping.
+# Plain ChatML, as most instruct models ship it: role and content only, no tools, no {% generation %}
+# markers. The trainers must cope with that (trainers.chat_templates picks chatml-tools for it), so the fast
+# tests go through the same template substitution and derived masks as a real model does.
 CHAT_TEMPLATE = (
-    "{%- if tools or messages[0].role == 'system' %}"
-    "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0].role == 'system' %}{{- messages[0].content }}{%- if tools %}{{- '\\n\\n' }}{%- endif %}{%- endif %}"
-    "{%- if tools %}"
-    "{{- 'You can call these tools. To call one, reply with <tool_call>{\"name\": <tool name>, "
-    "\"arguments\": <arguments object>}</tool_call>.\\n<tools>' }}"
-    "{%- for tool in tools %}{{- '\\n' }}{{- (tool.function if tool.function is defined else tool) | tojson }}{%- endfor %}"
-    "{{- '\\n</tools>' }}"
-    "{%- endif %}"
-    "{{- '<|im_end|>\\n' }}"
-    "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first %}"
-    "{%- elif message.role == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}"
-    "{%- if message.content %}{{- message.content }}{%- endif %}"
-    "{%- for call in message.tool_calls or [] %}"
-    "{%- set fn = call.function if call.function is defined else call %}"
-    "{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}"
-    "{{- '<tool_call>{\"name\": \"' + fn.name + '\", \"arguments\": ' }}"
-    "{%- if fn.arguments is string %}{{- fn.arguments }}{%- else %}{{- fn.arguments | tojson }}{%- endif %}"
-    "{{- '}</tool_call>' }}"
-    "{%- endfor %}"
-    "{{- '<|im_end|>' }}"
-    "{%- endgeneration %}"
-    "{{- '\\n' }}"
-    "{%- elif message.role == 'tool' %}"
-    "{{- '<|im_start|>tool\\n<tool_response>' + message.content + '</tool_response><|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
-    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )

@@ -6,7 +6,7 @@ Everything heavy is imported inside functions: the app imports nothing from here
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from typing import Any, Callable
 
 # Unsloth wants explicit module names; these cover Llama, Qwen, Mistral and Gemma families.
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -65,11 +65,13 @@ def torch_dtype(config: dict[str, Any]):
     return torch.bfloat16 if flags["bf16"] else torch.float16 if flags["fp16"] else torch.float32
 
 
-def lora_config(config: dict[str, Any]):
+def lora_config(config: dict[str, Any], trainable_tokens: dict[str, list[int]] | None = None):
     from peft import LoraConfig
 
     lora = config.get("lora") or {}
     return LoraConfig(
+        # Rows of tokens the chat template needed and the vocabulary lacked: new, so they must learn.
+        trainable_token_indices=trainable_tokens or None,
         r=int(lora.get("r", 16)),
         lora_alpha=int(lora.get("alpha", 32)),
         lora_dropout=float(lora.get("dropout", 0.0)),
@@ -91,8 +93,24 @@ def load_tokenizer(config: dict[str, Any]):
     return tokenizer
 
 
-def load_for_training(config: dict[str, Any], engine: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, peft_config): peft_config is None when the model already carries its adapter."""
+def token_rows(model, ids: list[int]) -> dict[str, list[int]]:
+    """PEFT's trainable_token_indices for new tokens: the input embeddings, and the output ones when untied
+    (a model that cannot produce its new end-of-turn token never stops)."""
+    names = {module: name for name, module in model.named_modules()}
+    targets = {names[model.get_input_embeddings()].rsplit(".", 1)[-1]: list(ids)}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not model.get_input_embeddings().weight:
+        targets[names[output].rsplit(".", 1)[-1]] = list(ids)
+    return targets
+
+
+def load_for_training(config: dict[str, Any], engine: str, prepare_tokenizer: Callable[[Any], list[int]]
+                      ) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config): peft_config is None when the model already carries its adapter.
+
+    `prepare_tokenizer` puts the run's chat template on the tokenizer and returns the ids of tokens it
+    added; the model's embeddings grow to hold them and their rows are trained.
+    """
     model_cfg = config["model"]
     if engine == "unsloth":
         from unsloth import FastLanguageModel
@@ -105,6 +123,10 @@ def load_for_training(config: dict[str, Any], engine: str) -> tuple[Any, Any, An
             load_in_4bit=load_in_4bit(config, engine),
             dtype=None,
         )
+        if prepare_tokenizer(tokenizer):
+            raise ValueError("the chat template needs tokens this model's vocabulary lacks, and Unsloth's LoRA "
+                             "cannot train new token rows alone: use a template of the model's family "
+                             "(model.chat_template: auto) or engine: transformers")
         model = FastLanguageModel.get_peft_model(
             model,
             r=int(lora.get("r", 16)),
@@ -130,7 +152,15 @@ def load_for_training(config: dict[str, Any], engine: str) -> tuple[Any, Any, An
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=kwargs["dtype"])
     model = AutoModelForCausalLM.from_pretrained(model_cfg["name"], **kwargs)
-    return model, load_tokenizer(config), lora_config(config)
+    tokenizer = load_tokenizer(config)
+    added = prepare_tokenizer(tokenizer)
+    trainable = None
+    if added:
+        model.resize_token_embeddings(len(tokenizer))
+        trainable = token_rows(model, added)
+    if tokenizer.eos_token_id is not None and model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer, lora_config(config, trainable)
 
 
 def training_arguments(config: dict[str, Any], output_dir: str, has_eval: bool, engine: str) -> dict[str, Any]:

@@ -35,9 +35,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 # What a training checkpoint holds that an exported adapter must not carry along.
 TRAINER_STATE = {"optimizer.pt", "optimizer.safetensors", "scheduler.pt", "trainer_state.json", "training_args.bin", "README.md",
                  "scaler.pt"}
-PROBE_TOOL = {"type": "function", "function": {
-    "name": "synaptic_probe_tool", "description": "Checks that the chat template renders tools.",
-    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
 
 
 class Stopped(Exception):
@@ -148,6 +145,11 @@ def load_adapter(plan: Plan, adapter_dir: Path):
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(plan.base_model, dtype=torch.float32)
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        # Tokens the run's chat template added: the base grows to hold them before the adapter loads.
+        vocabulary = len(load_tokenizer(str(adapter_dir)))
+        if vocabulary > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(vocabulary)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     delta = adapter_delta(model)
     if delta == 0.0:
@@ -202,15 +204,24 @@ def build_merged_4bit(plan: Plan, out: Path, merged_16bit: Path) -> dict[str, An
 
 
 def template_supports_tools(tokenizer) -> bool | None:
-    """Whether the chat template renders a tool list: None when there is no template at all."""
+    """Whether the chat template renders tools and tool calls: None when there is no template at all."""
+    from trainers.chat_templates import probe_template
+
     if not getattr(tokenizer, "chat_template", None):
         return None
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tools=[PROBE_TOOL],
-                                             tokenize=False, add_generation_prompt=True)
-    except Exception:
-        return False
-    return PROBE_TOOL["function"]["name"] in text
+    probe = probe_template(tokenizer, tokenizer.chat_template)
+    return bool(probe["tools"] and probe["tool_calls"])
+
+
+def template_record(tokenizer) -> dict[str, Any]:
+    """Which chat template an export carries and the tool-call format it writes (what servers must parse)."""
+    from trainers.chat_templates import builtin_for, probe_template
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return {"name": None, "tool_format": None}
+    builtin = builtin_for(template)
+    return {"name": builtin.name if builtin else "model's own", "tool_format": probe_template(tokenizer, template)["tool_format"]}
 
 
 def generate_probe(model, tokenizer, device: str = "cpu") -> str:
@@ -246,7 +257,7 @@ def verify_transformers(path: Path, plan: Plan, adapter: bool = False, device: s
             raise ExportError(f"{path.name}: no safetensors weights were written")
     sample = generate_probe(model, tokenizer, device)
     return {"loads": True, "sample": sample, "chat_template": bool(getattr(tokenizer, "chat_template", None)),
-            "tools_in_template": template_supports_tools(tokenizer)}
+            "tools_in_template": template_supports_tools(tokenizer), "template": template_record(tokenizer)}
 
 
 # --- the export -------------------------------------------------------------
@@ -295,7 +306,8 @@ def export(plan: Plan, staging: Path) -> dict[str, dict[str, Any]]:
             tokenizer = load_tokenizer(str(staged) if (staged / "tokenizer_config.json").is_file() else plan.base_model)
             record.update({"adapter_format": "mlx-lm", "adapter_max_delta": delta})
             record["verify"] = {"loads": True, "sample": sample, "chat_template": bool(tokenizer.chat_template),
-                                "tools_in_template": template_supports_tools(tokenizer)}
+                                "tools_in_template": template_supports_tools(tokenizer),
+                                "template": template_record(tokenizer)}
         elif fmt == "lora":
             say("copying the adapter", fmt)
             record = build_lora(plan, staged)

@@ -216,10 +216,15 @@ def stop_tokens(tokenizer) -> list[str]:
     return found
 
 
-def modelfile(gguf_name: str, stops: list[str], ollama_name: str, quant: str) -> str:
+def modelfile(gguf_name: str, stops: list[str], ollama_name: str, quant: str, template: str | None = None) -> str:
+    """An Ollama Modelfile; `template` (Go) is the run's chat template as Ollama must be told it."""
     lines = [f"# Ollama: ollama create {ollama_name} -f Modelfile.{quant}",
-             "# The chat template travels inside the GGUF (tokenizer.chat_template).",
+             "# The chat template travels inside the GGUF (tokenizer.chat_template)"
+             + ("; Ollama needs it as TEMPLATE below to render prompts and read tool calls back." if template
+                else "; Ollama picks its own template for it, and may not read tool calls back."),
              f"FROM ./{gguf_name}"]
+    if template:
+        lines.append(f'TEMPLATE """{template.strip()}"""')
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stops]
     return "\n".join(lines) + "\n"
 
@@ -267,7 +272,14 @@ def build_gguf(fmt: str, merged_dir: Path, out: Path, name: str, say: Callable[.
                  "llama_cpp_sample": sample, "loaded_by_llama_cpp": sample is not None})
     record["verify"] = info
     ollama_name = name.lower()
-    (out / f"Modelfile.{quant}").write_text(modelfile(gguf_name, stop_tokens(tokenizer), ollama_name, quant))
+    from trainers.chat_templates import builtin_for, ollama_template
+
+    go_template = ollama_template(tokenizer.chat_template)
+    builtin = builtin_for(tokenizer.chat_template)
+    record["chat_template"] = builtin.name if builtin else ("model's own" if tokenizer.chat_template else None)
+    record["ollama_template"] = go_template is not None
+    (out / f"Modelfile.{quant}").write_text(modelfile(gguf_name, stop_tokens(tokenizer), ollama_name, quant,
+                                                      go_template))
     record["modelfile"] = f"Modelfile.{quant}"
     record["ollama_name"] = ollama_name  # the export's finish() writes the `ollama create` line with its final path
     return record

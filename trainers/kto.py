@@ -12,6 +12,15 @@ from trainers.common import run_training
 
 
 def train(writer, stop, args) -> str:
+    from trainers.common import fit
+
+    trainer, tokenizer, engine = build_trainer(writer, stop)
+    fit(trainer, tokenizer, writer, stop, args.resume_from)
+    return engine
+
+
+def build_trainer(writer, stop):
+    """(trainer, tokenizer, engine) for the run, ready to train: what `train` runs, and what tests inspect."""
     from trainers.engine import choose_engine
 
     config = writer.config
@@ -20,11 +29,17 @@ def train(writer, stop, args) -> str:
 
     from trl import KTOConfig, KTOTrainer
 
-    from trainers.common import fit, load_datasets, make_callback
+    from trainers.common import RunTemplate, load_training_rows, make_callback, split_dataset
+    from trainers.datasets_hf import to_dataset
     from trainers.engine import load_for_training, training_arguments
 
-    train_set, eval_set = load_datasets(writer, "kto")
-    model, tokenizer, peft_config = load_for_training(config, engine)
+    rows = load_training_rows(writer, "kto")
+    template = RunTemplate(writer, rows)
+    # KTOTrainer renders prompt and prompt + completion with the tokenizer's template (the run's, set by
+    # template.prepare) and trains on the difference.
+    model, tokenizer, peft_config = load_for_training(config, engine, template.prepare)
+    template.record("completion")
+    train_set, eval_set = split_dataset(writer, to_dataset(rows, "kto"))
     training = config["training"]
     kto_args = KTOConfig(
         **training_arguments(config, str(writer.checkpoints_dir), eval_set is not None, engine),
@@ -35,8 +50,7 @@ def train(writer, stop, args) -> str:
     )
     trainer = KTOTrainer(model=model, args=kto_args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=[make_callback(writer, stop)])
-    fit(trainer, tokenizer, writer, stop, args.resume_from)
-    return engine
+    return trainer, tokenizer, engine
 
 
 def main(argv: list[str] | None = None) -> int:

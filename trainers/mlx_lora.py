@@ -10,7 +10,8 @@ replaces a callback it is given), at its three seams:
   saves checkpoints at exact global steps and ends training on a stop request
   by returning (train()'s loop then ends normally);
 - `loss`: cross entropy over a per-token mask, so every assistant turn is
-  trained (the chat template's {% generation %} markers) and nothing else.
+  trained and nothing else: the same mask the TRL trainer uses
+  (trainers.chat_templates.encode, from the run's chat template).
 
 mlx-lm's printed table is never parsed. Checkpoints hold the adapter in
 mlx-lm's own format (adapters.safetensors + adapter_config.json, loadable with
@@ -46,10 +47,12 @@ def split_rows(rows: list[dict[str, Any]], test_size: float, seed: int):
 class ChatRows:
     """Checked SFT rows -> (token ids, loss mask), with the interface mlx-lm's CacheDataset wants."""
 
-    def __init__(self, rows: list[dict[str, Any]], tokenizer, assistant_only: bool) -> None:
+    def __init__(self, rows: list[dict[str, Any]], tokenizer, assistant_only: bool, strategy: str,
+                 training_template: str | None = None) -> None:
         self.rows = rows
         self.hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm wraps the transformers tokenizer
         self.assistant_only = assistant_only
+        self.strategy, self.training_template = strategy, training_template
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -60,16 +63,12 @@ class ChatRows:
     def process(self, row: dict[str, Any]):
         import numpy as np
 
-        encoded = self.hf.apply_chat_template(row["messages"], tools=row.get("tools") or None, tokenize=True,
-                                              return_dict=True, return_assistant_tokens_mask=self.assistant_only)
-        ids = list(encoded["input_ids"])
-        if not self.assistant_only:
-            return ids, np.ones(len(ids), dtype=bool)
-        mask = np.asarray(encoded["assistant_masks"], dtype=bool)
-        if not mask.any():
-            raise ValueError("the chat template has no {% generation %} markers, so assistant-only loss finds "
-                             "nothing to train on; set training.completion_only_loss: false")
-        return ids, mask
+        from trainers.chat_templates import encode
+
+        ids, mask, _ = encode(self.hf, row["messages"], row.get("tools"), assistant_only=self.assistant_only,
+                              strategy=self.strategy if self.assistant_only else None,
+                              training_template=self.training_template)
+        return ids, np.asarray(mask, dtype=bool)
 
 
 def masked_loss(model, batch, mask):
@@ -201,6 +200,8 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
     from mlx_lm.utils import load
 
     from synaptic_tui.scoring import best_step, metrics_at
+    from trainers.chat_templates import MaskError, mask_strategy
+    from trainers.common import RunTemplate, TrainingHealth
     from trainers.data import load_rows
 
     config = writer.config
@@ -216,10 +217,26 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
     print(f"[synaptic] {report.rows} SFT rows from {report.path} ({report.tool_calls} tool calls)", flush=True)
     train_rows, valid_rows = split_rows(rows, float(dataset_cfg.get("test_size") or 0), seed)
     model, tokenizer = load(str(config["model"]["name"]))
+    template = RunTemplate(writer, rows)
+    if template.prepare(getattr(tokenizer, "_tokenizer", tokenizer)):
+        raise ValueError(f"{template.choice.name} needs tokens the model's vocabulary lacks, and mlx-lm cannot add "
+                         "tokens to a model: use model.chat_template: auto (a template of the model's family)")
     adapter_config = apply_adapters(model, config)
     assistant_only = bool(training.get("completion_only_loss", True))
-    train_set = CacheDataset(ChatRows(train_rows, tokenizer, assistant_only))
-    valid_set = CacheDataset(ChatRows(valid_rows, tokenizer, assistant_only)) if valid_rows else None
+    strategy, training_template = "all", None
+    if assistant_only:
+        strategy, training_template, failed = mask_strategy(getattr(tokenizer, "_tokenizer", tokenizer), rows)
+        if failed:
+            raise MaskError(f"row {failed[0][0] + 1}: the assistant-only loss mask cannot be derived from the chat "
+                            f"template ({failed[0][1]}); use model.chat_template: auto or a built-in, or "
+                            "training.completion_only_loss: false")
+    template.record(strategy)
+    print(f"[synaptic] loss on {'the assistant turns' if assistant_only else 'every token'} (mask: {strategy})",
+          flush=True)
+    train_set = CacheDataset(ChatRows(train_rows, tokenizer, assistant_only, strategy, training_template))
+    valid_set = (CacheDataset(ChatRows(valid_rows, tokenizer, assistant_only, strategy, training_template))
+                 if valid_rows else None)
+    health = TrainingHealth(writer)
 
     accumulation = int(training.get("gradient_accumulation_steps", 1))
     # Steps are optimizer updates (as TRL counts them); mlx-lm's train() counts batches.
@@ -266,10 +283,19 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
         def on_train_loss_report(self, info: dict[str, Any]) -> None:
             step = int(info["iteration"]) // accumulation + start
             self.trained_tokens = float(info["trained_tokens"]) + trained_tokens
-            self.record({"step": step, "loss": info["train_loss"], "learning_rate": info["learning_rate"],
-                         "tokens_per_second": info["tokens_per_second"],
-                         "iterations_per_second": info["iterations_per_second"],
-                         "peak_memory_gb": info["peak_memory"], "trained_tokens": self.trained_tokens})
+            fields = {"step": step, "loss": info["train_loss"], "learning_rate": info["learning_rate"],
+                      "tokens_per_second": info["tokens_per_second"],
+                      "iterations_per_second": info["iterations_per_second"],
+                      "peak_memory_gb": info["peak_memory"], "trained_tokens": self.trained_tokens}
+            loss = fields["loss"]
+            try:
+                warning = health.check(step, {"loss": loss.item() if hasattr(loss, "item") else loss})
+            except Exception:
+                self.record(fields)
+                raise
+            if warning:
+                fields["health_warning"] = warning
+            self.record(fields)
             writer.update(step=step)
 
     callback = MetricsCallback()
@@ -357,6 +383,7 @@ def fuse(base_model: str, adapter_dir: Path, out: Path, dtype: str = "bfloat16")
     from mlx_lm.utils import load, save
 
     model, tokenizer, config = load(base_model, adapter_path=str(adapter_dir), return_config=True)
+    _use_trained_template(tokenizer, adapter_dir)
     fused = [(name, module.fuse()) for name, module in model.named_modules() if hasattr(module, "fuse")]
     if fused:
         model.update_modules(tree_unflatten(fused))
@@ -365,11 +392,24 @@ def fuse(base_model: str, adapter_dir: Path, out: Path, dtype: str = "bfloat16")
     save(out, base_model, model, tokenizer, config, donate_model=False)
 
 
+def _use_trained_template(tokenizer, adapter_dir: Path) -> None:
+    """mlx-lm loads the base model's tokenizer; the run trained with the template saved beside its adapter."""
+    from transformers import AutoTokenizer
+
+    if (adapter_dir / "tokenizer_config.json").is_file():
+        trained = AutoTokenizer.from_pretrained(str(adapter_dir))
+        hf = getattr(tokenizer, "_tokenizer", tokenizer)
+        hf.chat_template = trained.chat_template
+        if trained.eos_token and trained.eos_token != hf.eos_token:
+            hf.eos_token = trained.eos_token
+
+
 def generate_probe(base_model: str, adapter_dir: Path) -> str:
     """A few greedy tokens through mlx-lm with the adapter loaded."""
     from mlx_lm import generate, load
 
     model, tokenizer = load(base_model, adapter_path=str(adapter_dir))
+    _use_trained_template(tokenizer, adapter_dir)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Say hello."}], add_generation_prompt=True)
     text = generate(model, tokenizer, prompt=prompt, max_tokens=4, verbose=False)
     return text

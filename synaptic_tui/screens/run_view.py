@@ -167,8 +167,16 @@ class RunScreen(Screen):
             parts.append(f"{rate:.2f} steps/s")
             if total and status.state == "running":
                 parts.append(f"ETA {format_duration(max(0, total - status.step) / rate)}")
+        template = status.extra.get("chat_template")
+        if isinstance(template, dict) and template.get("name"):
+            # Said plainly: a run that trains with another template than the model's own.
+            name = str(template["name"])
+            parts.append(f"template {escape(name)}" + (" (substituted)" if template.get("source") != "model" else ""))
         if status.state == "failed" and status.error:
             parts.append(f"[red]{escape(status.error.strip().splitlines()[-1])}[/]")
+        warnings = status.extra.get("health_warnings")
+        if status.state != "failed" and isinstance(warnings, list) and warnings and isinstance(warnings[-1], dict):
+            parts.append(f"[yellow]step {warnings[-1].get('step')}: {escape(str(warnings[-1].get('message')))}[/]")
         self.query_one("#run-state", Static).update("   ".join(parts))
         if total:
             self.query_one(ProgressBar).update(total=total, progress=status.step)
