@@ -133,8 +133,12 @@ def lora_parameters(info: ModelInfo, config_json: dict[str, Any], rank: int, lay
 
 
 def estimate_memory_gb(config: dict[str, Any], info: ModelInfo, config_json: dict[str, Any],
-                       trainable: int | None, on_gpu: bool) -> float:
-    """Weights + LoRA (weights, grads, Adam states) + activations + logits, in GB."""
+                       trainable: int | None, on_gpu: bool, longest_row: int | None = None) -> float:
+    """Weights + LoRA (weights, grads, Adam states) + activations + logits, in GB.
+
+    Batches are padded to their longest row, not to max_seq_length: with the data's longest row known
+    (in tokens, as the trainer renders it), that is the length the peak is computed for.
+    """
     training = config.get("training") or {}
     model = config.get("model") or {}
     precision = training.get("precision", "auto")
@@ -155,6 +159,8 @@ def estimate_memory_gb(config: dict[str, Any], info: ModelInfo, config_json: dic
     if config.get("method") == "kto":
         batch *= 2  # KTO also runs the mismatched (KL) completions through the model
     seq = int(model.get("max_seq_length", 1024))
+    if longest_row:
+        seq = min(seq, int(longest_row))
     hidden = int(config_json.get("hidden_size") or 0)
     layers = int(config_json.get("num_hidden_layers") or 0)
     vocab = int(config_json.get("vocab_size") or 0)
@@ -238,6 +244,25 @@ def _template_findings(report: PreflightReport, probe: dict[str, Any], config: d
     report.add("error", "template", f"the run would train on text that lost the data; fix: {fix}")
 
 
+def _check_memory(report: PreflightReport, config: dict[str, Any], info: ModelInfo, config_json: dict[str, Any],
+                  on_gpu: bool, platform: str, gpu_free: float | None, longest: int | None) -> None:
+    needed = estimate_memory_gb(config, info, config_json, report.trainable_parameters, on_gpu, longest)
+    report.memory_needed_gb = needed
+    # MLX on Apple silicon trains in unified memory, which the free-RAM figure measures too.
+    report.memory_kind = "GPU" if on_gpu else ("unified memory" if platform == "mlx" and sys.platform == "darwin"
+                                                else "RAM")
+    report.memory_available_gb = gpu_free if on_gpu else available_ram_gb()
+    available = report.memory_available_gb
+    if available is None:
+        return
+    if needed > available:
+        report.add("error", "memory", f"needs ~{needed:.1f} GB but only {available:.1f} GB {report.memory_kind} "
+                   "is free: lower per_device_train_batch_size or max_seq_length, or load_in_4bit")
+    elif needed > 0.85 * available:
+        report.add("warning", "memory", f"needs ~{needed:.1f} GB of {available:.1f} GB free "
+                   f"{report.memory_kind}: little headroom")
+
+
 def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool = True) -> PreflightReport:
     report = PreflightReport()
     method = str(config.get("method", "sft"))
@@ -277,21 +302,6 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
         full = platform == "mlx" and lora.get("fine_tune_type") == "full"
         report.trainable_parameters = info.parameters if full else lora_parameters(
             info, config_json, int(lora.get("r", 16)), layers=mlx_layers(lora) if platform == "mlx" else None)
-        if info.parameters:
-            needed = estimate_memory_gb(config, info, config_json, report.trainable_parameters, on_gpu)
-            report.memory_needed_gb = needed
-            # MLX on Apple silicon trains in unified memory, which the free-RAM figure measures too.
-            report.memory_kind = "GPU" if on_gpu else ("unified memory" if platform == "mlx" and sys.platform == "darwin"
-                                                        else "RAM")
-            report.memory_available_gb = gpu_free if on_gpu else available_ram_gb()
-            available = report.memory_available_gb
-            if available is not None:
-                if needed > available:
-                    report.add("error", "memory", f"needs ~{needed:.1f} GB but only {available:.1f} GB {report.memory_kind} "
-                               "is free: lower per_device_train_batch_size or max_seq_length, or load_in_4bit")
-                elif needed > 0.85 * available:
-                    report.add("warning", "memory", f"needs ~{needed:.1f} GB of {available:.1f} GB free "
-                               f"{report.memory_kind}: little headroom")
         if info.parameters and info.parameters < 2e9 and int(lora.get("r", 16)) > 64:
             report.add("warning", "lora", f"rank {lora.get('r')} is high for a {info.parameters / 1e9:.2g}B model; 8-32 is usual")
 
@@ -339,6 +349,10 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
                     if stats["over_max"]:
                         report.add("warning", "tokens", f"{stats['over_max']} of {stats['rows']} rows are longer than "
                                    f"max_seq_length {stats['max_length']} and will be truncated")
+
+    if info is not None and info.parameters:
+        longest = (report.token_stats or {}).get("max")
+        _check_memory(report, config, info, config_json, on_gpu, platform, gpu_free, longest)
 
     # Hyperparameters.
     lr = float(training.get("learning_rate", 2e-4))

@@ -320,3 +320,72 @@ def test_two_process_run_through_accelerate(demo_model, runs_dir):
     assert [r["step"] for r in rows] == [1, 2, 3, 4], "rank 0 alone writes metrics"
     # DDP: each step sees both processes' batches, so an epoch is half as many steps.
     assert rows[0]["epoch"] == pytest.approx(2 * 2 / 100)
+
+
+def test_a_run_that_stops_learning_ends_failed_with_the_reason(demo_model, runs_dir):
+    """A learning rate this high saturates the model within two steps: the gradient vanishes for good."""
+    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait",
+              "--set", "training.max_steps=20", "--set", "training.learning_rate=100000",
+              "--set", "training.max_grad_norm=1e9", "--set", "training.save_steps=10", runs_dir=runs_dir)
+    assert out.returncode == 1
+    run_dir = only_run(runs_dir)
+    status = read_status(run_dir)
+    assert status.state == "failed" and status.step < 10
+    assert status.error.startswith("the gradient norm was 0 for 3 logged steps in a row (steps ")
+    assert status.error.endswith("(training.stop_on_unhealthy: false to train on regardless)")
+    assert "Traceback" not in status.error and status.error in out.stderr
+    rows = [r for r in metrics(run_dir) if "grad_norm" in r]
+    assert [r["grad_norm"] for r in rows[-3:]] == [0.0, 0.0, 0.0] and rows[-1]["step"] == status.step
+    assert [w["step"] for w in status.extra["health_warnings"]] == [r["step"] for r in rows[-3:]]
+    assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+
+
+def test_health_rules(tmp_path):
+    """Each rule on its own: non-finite values end the run at once, a zero gradient after N steps, equal
+    KTO log-probs only warn; with stop_on_unhealthy off, everything is a warning."""
+    from synaptic_tui.runs import create_run
+    from trainers.common import RunWriter, TrainingHealth, UnhealthyTraining
+
+    def health(**training) -> TrainingHealth:
+        run_dir = create_run(tmp_path / "runs", {"method": "kto", "training": training}, "kto", "h")
+        return TrainingHealth(RunWriter(run_dir))
+
+    rules = health()
+    with pytest.raises(UnhealthyTraining, match=r"^diverged at step 4: the loss is nan"):
+        rules.check(4, {"loss": float("nan"), "grad_norm": 1.0})
+    with pytest.raises(UnhealthyTraining, match=r"^diverged at step 2: the gradient norm is inf"):
+        health().check(2, {"loss": 1.0, "grad_norm": float("inf")})
+    rules = health(unhealthy_steps=2)
+    assert rules.check(1, {"loss": 1.0, "grad_norm": 0.0}) == "gradient norm is 0 at step 1"
+    assert rules.check(2, {"loss": 1.0, "grad_norm": 0.5}) is None, "a step that learns resets the count"
+    assert rules.check(3, {"loss": 1.0, "grad_norm": 0.0}) == "gradient norm is 0 at step 3"
+    with pytest.raises(UnhealthyTraining, match=r"0 for 2 logged steps in a row \(steps 3-4\)"):
+        rules.check(4, {"loss": 1.0, "grad_norm": 0.0})
+    rules = health()
+    for step in (1, 2):
+        assert rules.check(step, {"loss": 1.0, "grad_norm": 1.0, "logps/chosen": -3.5, "logps/rejected": -3.5}) is None
+    assert "may render to the same text" in rules.check(3, {"loss": 1.0, "grad_norm": 1.0, "logps/chosen": -3.5,
+                                                              "logps/rejected": -3.5})
+    relaxed = health(stop_on_unhealthy=False)
+    assert relaxed.check(7, {"loss": float("inf")}) == "diverged at step 7: the loss is inf"
+    assert relaxed.writer.status.extra["health_warnings"] == [{"step": 7, "message": "diverged at step 7: the loss is inf"}]
+
+
+def test_a_template_of_another_family_adds_its_tokens_and_trains_their_rows(demo_model, runs_dir):
+    """llama3-json on the ChatML demo model: its header tokens are added, trained, and exported with it."""
+    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait", "--json",
+              "--set", "model.chat_template=llama3-json", "--set", "training.max_steps=2",
+              "--set", "training.save_steps=2", "--set", "training.learning_rate=0.01", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    status = read_status(run_dir)
+    assert status.extra["chat_template"]["added_tokens"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())
+    assert sorted(adapter["trainable_token_indices"]) == ["embed_tokens", "lm_head"], "untied: both ends train"
+    exported = cli("export", str(run_dir), "--format", "merged-16bit", "--json", runs_dir=runs_dir, timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    merged = Path(json.loads(exported.stdout)["exports"]["merged-16bit"]["path"])
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    assert tokenizer.eos_token == "<|eot_id|>" and len(tokenizer) == AutoConfig.from_pretrained(merged).vocab_size
