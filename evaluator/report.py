@@ -27,7 +27,7 @@ def rates_line(summary: dict[str, Any]) -> str:
     unscored = (behaviour.get("checks") or {}).get("not_scored", 0)
     if unscored:
         why = ", ".join(f"{n} {reason}" for reason, n in (behaviour.get("not_scored_why") or {}).items())
-        line += f"; {unscored} behaviour checks not scored ({why})"
+        line += f"; {unscored} behaviour check{'s' if unscored != 1 else ''} not scored ({why})"
     return line
 
 

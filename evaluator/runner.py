@@ -173,7 +173,7 @@ def load_eval(eval_dir: str | Path) -> EvalInfo:
     results = read_results(eval_dir)
     pass_rate = summary.get("pass_rate") if isinstance(summary, dict) else None
     return EvalInfo(eval_dir.name, eval_dir, state, settings, meta.get("started_at"), meta.get("ended_at"),
-                    len(results), len(settings.case_ids), pass_rate, meta.get("error"))
+                    len(results), len(settings.case_ids) * max(settings.repeats, 1), pass_rate, meta.get("error"))
 
 
 def list_evals(root: str | Path) -> list[EvalInfo]:

@@ -18,6 +18,16 @@ from typing import Any, Callable
 Answer = Callable[[dict[str, Any]], dict[str, Any]]  # request body -> {"content": ..., "tool_calls": [...]}
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client closing a kept-alive connection
+            super().handle_error(request, client_address)
+
+
 def _section(text: str, start: str, end: str) -> str:
     begin = text.find(start)
     if begin == -1:
@@ -125,8 +135,7 @@ class OpenAIServer:
                 message = {"content": "Perhaps."} if server.garbage else answer(body)
                 server._answer(self, body, message)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
