@@ -330,7 +330,7 @@ class BehaviourCheck:
     reason: str
     by: str | None = None  # rule | judge; None when not scored
     rule: dict[str, Any] | None = None  # {"verdict", "reason"} when a rule could tell
-    judge: dict[str, Any] | None = None  # {"verdict", "reason", "cached"} when the judge answered
+    judge: dict[str, Any] | None = None  # {"verdict", "reason", "cached"} when asked; verdict None: no answer
     not_scored: str | None = None  # why not: needs a judge | no rule or rubric | judge failed
 
     def to_dict(self) -> dict[str, Any]:
@@ -377,8 +377,11 @@ async def _check(case: Case, response: Response, name: str, value: Any, behaviou
                            "cached": answer.cached}
             if check.by is None:
                 check.verdict, check.reason, check.by = check.judge["verdict"], answer.reason, "judge"
-        elif check.by is None:
-            check.reason, check.not_scored = f"judge failed: {answer.reason}", JUDGE_ERROR
+        else:
+            # Kept even where the rule decided, so the report counts every question the judge left unanswered.
+            check.judge = {"verdict": None, "reason": f"judge failed: {answer.reason}", "cached": False}
+            if check.by is None:
+                check.reason, check.not_scored = check.judge["reason"], JUDGE_ERROR
     elif behaviour.judged and check.by is None:
         check.reason, check.not_scored = f"{seen}; needs a judge (--judge-url, --judge-model)", NEEDS_JUDGE
     return check

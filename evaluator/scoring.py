@@ -629,14 +629,15 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, Any]:
             checks[c["verdict"]] += 1
             if c["verdict"] == NOT_SCORED:
                 not_scored_why[c.get("not_scored") or "not scored"] += 1
-            if c.get("judge"):
+            answered = (c.get("judge") or {}).get("verdict") is not None
+            if answered:
                 judge["judged"] += 1
                 judge["cached"] += bool(c["judge"].get("cached"))
                 if c.get("rule"):  # both ran: does the judge read what the rule saw?
                     judge["compared"] += 1
                     judge["agreed"] += c["judge"]["verdict"] == c["rule"]["verdict"]
             judge["decided"] += c.get("by") == "judge"
-            judge["failed"] += c.get("not_scored") == "judge failed"
+            judge["failed"] += bool(c.get("judge")) and not answered
     for row in per_tool.values():
         row["pass_rate"] = _rate(row["passed"], row["cases"])
     for row in per_check.values():

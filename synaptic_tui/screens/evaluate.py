@@ -80,7 +80,8 @@ def check_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"  {CHECK_MARKS.get(c.get('verdict'), '?   ')} {c.get('name', '')}{by}: {c.get('reason', '')}")
         judge = c.get("judge")
         if judge and c.get("by") == "rule":  # the judge's reading too, where the rule decided
-            lines.append(f"       judge read it as {judge.get('verdict')}: {judge.get('reason')}")
+            lines.append(f"       judge read it as {judge['verdict']}: {judge.get('reason')}" if judge.get("verdict")
+                         else f"       {judge.get('reason')}")
     return lines
 
 
