@@ -29,6 +29,7 @@ PYTHON_TAG = "<|python_tag|>"
 LEFTOVER_MARKUP_RE = re.compile(
     r"<(tool_call|function_call|tool_calls)>.*?(?:</\1>|$)|</?(?:tool_call|function_call|tool_calls)>|\[TOOL_CALLS\]"
     r"|<\|python_tag\|>|<\|eom_id\|>|<\|eot_id\|>|<\|im_end\|>|```[A-Za-z]*\s*```", re.DOTALL)
+PASS, FAIL, NOT_SCORED = "pass", "fail", "not scored"  # the verdicts of a check, a part and a case
 
 
 @dataclass
@@ -85,17 +86,8 @@ class Score:
         return all(c.passed for c in self.checks)
 
     @property
-    def verdict(self) -> str:
-        if not self.checks:
-            return NOT_SCORED
-        return PASS if self.passed else FAIL
-
-    @property
     def reasons(self) -> list[str]:
         return [c.detail for c in self.checks if not c.passed]
-
-
-PASS, FAIL, NOT_SCORED = "pass", "fail", "not scored"
 
 
 # --- finding calls ---------------------------------------------------------

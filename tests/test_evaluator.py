@@ -519,7 +519,7 @@ def test_server_down_exits_1_naming_the_url_and_what_to_start(tmp_path):
 
 def test_evaluator_imports_no_ml_library_and_no_textual():
     code = ("import sys, evaluator, evaluator.cli, evaluator.clients, evaluator.prompts, evaluator.runner, "
-            "evaluator.scoring, evaluator.report\n"
+            "evaluator.scoring, evaluator.report, evaluator.behavior, evaluator.judge\n"
             "bad = [m for m in ('torch','transformers','trl','peft','unsloth','mlx','datasets','accelerate','textual')"
             " if m in sys.modules]\nprint(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

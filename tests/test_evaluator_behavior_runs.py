@@ -315,3 +315,48 @@ def test_the_judge_must_be_there_and_its_key_is_never_written(tmp_path):
     assert secret not in out.stdout + out.stderr
     written = [p for p in evals.rglob("*") if p.is_file()]
     assert len(written) == 5 and not [p for p in written if secret in p.read_text()]
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"question": None}, "question: required, a non-empty string"),
+    ({"behavior_expectations": {"asks_for_user_input": "sometimes"}},
+     'behavior_expectations.asks_for_user_input: must be true, false or a number, got "sometimes"'),
+])
+def test_a_wrong_set_is_refused_before_anything_is_written(tmp_path, broken, message):
+    cases = json.loads(BEHAVIOUR_SET.read_text())
+    cases[3] = {k: v for k, v in {**cases[3], **broken}.items() if v is not None}
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps(cases))
+    out = cli("run", "--model", "m", "--prompt-set", str(path), "--evals-dir", str(tmp_path / "evals"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"python -m evaluator: {path}: case 4 (id 'CE_search_limit'): {message}"
+    assert not (tmp_path / "evals").exists()
+
+
+def test_unknown_fields_warn_once_and_the_tool_format_hint_is_used(tmp_path):
+    cases = json.loads(TOOL_SET.read_text())[:2]
+    for case in cases:
+        case["difficulty"] = "easy"
+    path = tmp_path / "set.json"
+    path.write_text(json.dumps(cases))
+    mistral = "[TOOL_CALLS] " + json.dumps([{"name": "librarian_searchContent",
+                                             "arguments": {"query": "lighting", "context": ctx()}}])
+    replies = {cases[0]["question"]: {"content": mistral}}
+    with OpenAIServer({"m": scripted(replies)}) as server:
+        runs, dirs = {}, {}
+        for hint in ("mistral", "hermes"):
+            out = cli("run", "--backend", "openai", "--url", server.url, "--model", "m", "--prompt-set", str(path),
+                      "--tool-format", hint, "--evals-dir", str(tmp_path / "evals"), "--json", cwd=tmp_path)
+            assert out.returncode == 0, out.stderr
+            dirs[hint] = Path(json.loads(out.stdout)["eval_dir"])
+            runs[hint] = {r["id"]: r for r in read_results(dirs[hint])}
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert warnings == [f"python -m evaluator: warning: {path}: unknown field 'difficulty' ignored in 2 cases "
+                        "(first: case 1 (id 'librarian_searchContent'))"]
+    assert runs["mistral"]["librarian_searchContent"]["passed"]
+    assert runs["mistral"]["librarian_searchContent"]["calls"][0]["source"] == "text"
+    # Read as Hermes, the Mistral call is prose: nothing was called.
+    assert runs["hermes"]["librarian_searchContent"]["reasons"] == [
+        "did not call ['librarian_searchContent'] (called nothing)"]
+    assert runs["hermes"]["librarian_searchContent"]["response_type"] == "text_only"
+    assert json.loads((dirs["hermes"] / "eval.json").read_text())["settings"]["tool_format"] == "hermes"
