@@ -136,7 +136,8 @@ def _print_summary(summary: dict[str, Any], eval_dir: Path) -> None:
     from evaluator.report import _pct, rates_line
 
     print(f"{summary['eval_id']}: {summary['passed']}/{summary['total']} passed ({_pct(summary['pass_rate'])}), "
-          f"{summary['errors']} errors" + (f", {summary['not_scored']} not scored" if summary.get("not_scored") else ""))
+          f"{summary['errors']} errors"
+          + (f", {summary['not_scored']} not scored" if summary.get("not_scored") else ""))
     print(f"  {rates_line(summary)}")
     width = max([len(t) for t in summary["per_tag"]] + [3])
     for tag, row in summary["per_tag"].items():

@@ -116,7 +116,8 @@ def render_report(summary: dict[str, Any], results: list[dict[str, Any]]) -> str
     for r in failures:
         called = ", ".join(c["name"] for c in r.get("calls") or []) or "nothing"
         attempt = f" try {r['try']}" if (r.get("try") or 1) > 1 else ""
-        lines.append(f"- **{_cell(r['id'])}**{attempt} (expected {', '.join(r.get('expected_tools') or []) or 'no tool'}; "
+        expected = ", ".join(r.get("expected_tools") or []) or "no tool"
+        lines.append(f"- **{_cell(r['id'])}**{attempt} (expected {expected}; "
                      f"called {_cell(called)}" + (f"; reply {r['response_type']}" if r.get("response_type") else "")
                      + ")")
         for check in r.get("checks") or []:

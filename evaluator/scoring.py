@@ -516,8 +516,9 @@ def _failure_reasons(results: list[dict[str, Any]], top: int = 10) -> list[dict[
         else:
             keys = [(f"{c['name']}: {_shape(c.get('detail', ''))}", c.get("detail", ""))
                     for c in r.get("checks") or [] if not c.get("passed")]
-            keys += [(f"{c['name']} ({c['kind'].replace('_', '-')}) failed" + (" by the judge" if c.get("by") == "judge"
-                      else ""), c.get("reason", "")) for c in r.get("behavior") or [] if c.get("verdict") == FAIL]
+            keys += [(c["name"] + ("" if c["kind"] == "response_type" else f" ({c['kind'].replace('_', '-')})")
+                      + " failed" + (" by the judge" if c.get("by") == "judge" else ""), c.get("reason", ""))
+                     for c in r.get("behavior") or [] if c.get("verdict") == FAIL]
         for key, example in keys:
             counts[key] += 1
             entry = examples.setdefault(key, {"example": example, "cases": []})

@@ -168,8 +168,8 @@ class OpenAIServer:
         usage = {"prompt_tokens": 12, "completion_tokens": max(1, len(content.split())), "total_tokens": 0}
         if not body.get("stream"):
             reply = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
-            return self._json(handler, 200, {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
-                                             "model": body["model"], "usage": usage,
+            return self._json(handler, 200, {"id": "chatcmpl-1", "object": "chat.completion",
+                                             "created": int(time.time()), "model": body["model"], "usage": usage,
                                              "choices": [{"index": 0, "message": reply, "finish_reason": finish}]})
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")

@@ -150,7 +150,8 @@ async def test_without_a_judge_the_report_counts_what_needs_one(tmp_path):
     assert summary["behavior"]["checks"] == {"total": 24, "pass": 11, "fail": 9, "not_scored": 4}
     assert summary["behavior"]["not_scored_why"] == {"needs a judge": 4}
     # A case with an unscored check and no failed one is not scored, never passed.
-    assert (summary["behavior"]["passed"], summary["behavior"]["failed"], summary["behavior"]["not_scored"]) == (0, 3, 3)
+    behaviour = summary["behavior"]
+    assert (behaviour["passed"], behaviour["failed"], behaviour["not_scored"]) == (0, 3, 3)
     assert (summary["passed"], summary["failed"], summary["not_scored"], summary["pass_rate"]) == (0, 3, 3, 0.0)
     report = (eval_dir / "report.md").read_text()
     assert "4 not scored (4: needs a judge)" in report
@@ -269,7 +270,8 @@ def test_repeats_report_mean_spread_and_pass_all_then_resume_the_missing_tries(t
         report = (eval_dir / "report.md").read_text()
         assert "- Repeats: 3 tries of 2 cases; pass rate mean 83.3%, spread 50.0% to 100.0% (stdev 23.6%); " \
                "pass^3 (every try passed) 50.0%" in report
-        assert "- **ERA_no_results** try 2 (expected no tool; called librarian_searchContent; reply tool_only)" in report
+        assert ("- **ERA_no_results** try 2 (expected no tool; called librarian_searchContent; reply tool_only)"
+                in report)
 
         lines = (eval_dir / "results.jsonl").read_text().splitlines(keepends=True)
         (eval_dir / "results.jsonl").write_text("".join(lines[:4]))
