@@ -1,7 +1,8 @@
 """The headless eval command, shared by `synaptic-tui eval` and `python -m evaluator`.
 
-Exit codes: 0 the eval completed (whatever the pass rate), 1 it could not run
-(server down, model missing, no case got an answer), 2 bad input, 130 interrupted.
+Exit codes: 0 the eval completed (whatever the pass rate, unless --fail-under), 1 it
+could not run (server down, model missing, no case got an answer), 2 bad input or a
+pass rate below --fail-under, 130 interrupted.
 Only argparse is imported at module level, so building the CLI parser stays cheap.
 """
 
@@ -12,6 +13,9 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+# Kept here, not imported from evaluator.scoring, so building the parser stays cheap.
+TOOL_CALL_FORMATS = ("hermes", "mistral", "llama3_json", "chatml_plain", "json")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -27,6 +31,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _rate(text: str) -> float:
+    """0.8, or 80%: a pass rate to gate on."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate (0.8 or 80%)") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (or 0% and 100%), got {text}")
     return value
 
 
@@ -55,6 +70,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                                                            "else ./evals)")
     parser.add_argument("--resume", metavar="EVAL", help="finish an interrupted eval (id, prefix or path)")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two evals: flips and per-tag deltas")
+    parser.add_argument("--tools", metavar="FILE", dest="tools_file",
+                        help="an OpenAI function list: offered to cases that list no tools, arguments checked "
+                             "against it (a case's own tools win)")
+    parser.add_argument("--no-tools", action="store_true",
+                        help="send no tools, as the original Synaptic Tuner did (arguments are still checked)")
+    parser.add_argument("--tool-format", choices=TOOL_CALL_FORMATS,
+                        help="read tool calls written as text in this format only (default: every format)")
+    parser.add_argument("--judge-url", metavar="URL",
+                        help="an OpenAI-compatible server whose model judges the checks that need reading "
+                             "(API key, if any, from $SYNAPTIC_JUDGE_API_KEY)")
+    parser.add_argument("--judge-model", metavar="NAME", help="the judge model, as that server lists it")
+    parser.add_argument("--repeats", type=_positive_int, metavar="N", default=None,
+                        help="ask each case N times (needs --temperature above 0): mean, spread and pass^N")
+    parser.add_argument("--fail-under", type=_rate, metavar="RATE",
+                        help="exit 2 when the overall pass rate is below RATE (0.8 or 80%%), for CI")
 
 
 def _roots(args: argparse.Namespace, runs_dir: Path) -> list[Path]:
@@ -103,10 +133,12 @@ class _Progress:
 
 
 def _print_summary(summary: dict[str, Any], eval_dir: Path) -> None:
-    from evaluator.report import _pct
+    from evaluator.report import _pct, rates_line
 
     print(f"{summary['eval_id']}: {summary['passed']}/{summary['total']} passed ({_pct(summary['pass_rate'])}), "
-          f"{summary['errors']} errors")
+          f"{summary['errors']} errors"
+          + (f", {summary['not_scored']} not scored" if summary.get("not_scored") else ""))
+    print(f"  {rates_line(summary)}")
     width = max([len(t) for t in summary["per_tag"]] + [3])
     for tag, row in summary["per_tag"].items():
         print(f"  {tag:<{width}}  {row['passed']:>4}/{row['total']:<4} {_pct(row['pass_rate']):>7}")
@@ -121,6 +153,34 @@ def _resume_settings_check(args: argparse.Namespace, settings) -> None:
                                  "start a new eval instead")
     if args.prompt_set and Path(args.prompt_set).resolve() != Path(settings.prompt_set):
         raise EvalUsageError(f"--prompt-set differs from the eval being resumed ({settings.prompt_set})")
+
+
+def _scoring_options(args: argparse.Namespace, prompt_set) -> dict[str, Any]:
+    """--tools, --no-tools, --tool-format, --judge-*, --repeats as settings, refused when they cannot work."""
+    from evaluator.clients import OPENAI_URL
+    from evaluator.prompts import PromptSetError, load_tools_file
+
+    options: dict[str, Any] = {"no_tools": args.no_tools, "tool_format": args.tool_format,
+                               "repeats": args.repeats or 1}
+    if args.tools_file:
+        try:
+            tools, sha = load_tools_file(args.tools_file)
+        except PromptSetError as exc:
+            raise EvalUsageError(str(exc)) from None
+        names = [t["function"]["name"] for t in tools]
+        for case in prompt_set.cases:
+            missing = [n for n in case.expected_tools or [] if n not in names] if not case.tools else []
+            if missing:
+                raise EvalUsageError(f"{prompt_set.path}: case {case.id!r}: expected_tools: {missing[0]!r} is not "
+                                     f"in --tools {args.tools_file}")
+        options.update(tools_file=str(Path(args.tools_file).resolve()), tools_sha256=sha)
+    if args.judge_url and not args.judge_model:
+        raise EvalUsageError("--judge-url needs --judge-model (the judge's name as its server lists it)")
+    if args.judge_model:
+        options.update(judge_model=args.judge_model, judge_url=args.judge_url or OPENAI_URL)
+    if (args.repeats or 1) > 1 and not args.temperature:
+        raise EvalUsageError("--repeats needs --temperature above 0: at 0 every try gives the same answer")
+    return options
 
 
 def _compare(args: argparse.Namespace, roots: list[Path]) -> int:
@@ -166,6 +226,8 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
             settings.url = args.url
         if args.concurrency:
             settings.concurrency = args.concurrency
+        if args.judge_url:
+            settings.judge_url = args.judge_url  # the judge moved; its model stays the eval's
     else:
         missing = [flag for flag, value in (("--model", args.model), ("--prompt-set", args.prompt_set)) if not value]
         if missing:
@@ -186,7 +248,8 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
                                 temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                 stream=not args.no_stream, concurrency=args.concurrency or 4,
                                 timeout=args.timeout, retries=args.retries,
-                                run_id=roots[0].parent.name if args.run else None)
+                                run_id=roots[0].parent.name if args.run else None,
+                                **_scoring_options(args, prompt_set))
         if not settings.case_ids:
             raise EvalUsageError(f"no case of {args.prompt_set} matches --tags {args.tags}")
         eval_dir = None
@@ -227,6 +290,13 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
     if summary["total"] and summary["errors"] == summary["total"]:
         print(f"{prog}: no case got an answer from {settings.url} (see {eval_dir / 'report.md'})", file=sys.stderr)
         return EXIT_FAILED
+    if args.fail_under is not None:
+        from evaluator.report import _pct
+
+        rate = summary["pass_rate"]
+        if rate is None or rate < args.fail_under:
+            print(f"{prog}: pass rate {_pct(rate)} is below --fail-under {_pct(args.fail_under)}", file=sys.stderr)
+            return EXIT_USAGE
     return EXIT_OK
 
 

@@ -101,13 +101,14 @@ class _HTTPBackend:
 
     def __init__(self, url: str, *, timeout: float = 120.0, connect_timeout: float = 5.0, retries: int = 3,
                  backoff: float = 0.5, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 64):
+                 max_connections: int = 64, api_key: str | None = None):
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
         # With HTTP_PROXY set, httpx would route even 127.0.0.1 through the proxy.
         self.http = httpx.AsyncClient(
             base_url=self.url, transport=transport, trust_env=not is_loopback(self.url),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )

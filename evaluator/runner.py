@@ -1,9 +1,10 @@
 """Running an eval: its directory, concurrent cases, results as they finish, resume, listing and comparing.
 
 An eval directory holds eval.json (settings and state), results.jsonl (one line
-per finished case, appended and flushed at once), and at the end summary.json
-and report.md. Resuming re-reads results.jsonl and runs only the cases missing
-from it, so a killed eval loses at most the cases that were in flight.
+per finished case, appended and flushed at once; one per try with --repeats), and
+at the end summary.json and report.md. Resuming re-reads results.jsonl and runs
+only the cases missing from it, so a killed eval loses at most the cases that were
+in flight; the judge's answers are cached beside the evals, so they are not asked again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from evaluator.clients import BackendError, OllamaClient, OpenAIClient, make_client, start_hint
-from evaluator.prompts import Case, PromptSet, load_prompt_set, select_cases
+from evaluator.clients import OPENAI_URL, BackendError, OllamaClient, OpenAIClient, make_client, start_hint
+from evaluator.behavior import overall_verdict, part_verdict, score_behavior
+from evaluator.prompts import Case, PromptSet, load_prompt_set, load_tools_file, select_cases
 from evaluator.report import render_report
-from evaluator.scoring import aggregate, score_case
+from evaluator.scoring import FAIL, aggregate, combine_tries, score_case
 from synaptic_tui.runs import atomic_write_text, slugify, utc_now
 
 EVALS_ENV = "SYNAPTIC_EVALS_DIR"
@@ -53,6 +55,13 @@ class EvalSettings:
     retries: int = 3
     run_id: str | None = None
     checkpoint: str | None = None  # the run's checkpoint the served model was exported from, when known
+    tools_file: str | None = None  # --tools: offered to cases that list none, and their arguments checked
+    tools_sha256: str = ""
+    no_tools: bool = False  # --no-tools: send none, as the original did (arguments are still checked)
+    tool_format: str | None = None  # the text format tool calls are read in; None reads every format
+    judge_url: str | None = None  # an OpenAI-compatible server; with judge_model, it decides judged checks
+    judge_model: str | None = None
+    repeats: int = 1  # tries per case (temperature above 0)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
@@ -93,8 +102,13 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def record_key(case_id: Any, attempt: Any = 1) -> str:
+    """A result's key: the case id, with the try after '#' from the second try on."""
+    return str(case_id) if not isinstance(attempt, int) or attempt <= 1 else f"{case_id}#{attempt}"
+
+
 def read_results(eval_dir: Path) -> list[dict[str, Any]]:
-    """Finished case records; a last line cut short by a kill is skipped."""
+    """Finished case records (one per case and try); a last line cut short by a kill is skipped."""
     path = Path(eval_dir) / "results.jsonl"
     records: dict[str, dict[str, Any]] = {}
     try:
@@ -105,7 +119,7 @@ def read_results(eval_dir: Path) -> list[dict[str, Any]]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(record, dict) and "id" in record:
-                    records[str(record["id"])] = record
+                    records[record_key(record["id"], record.get("try"))] = record
     except FileNotFoundError:
         pass
     return list(records.values())
@@ -159,7 +173,7 @@ def load_eval(eval_dir: str | Path) -> EvalInfo:
     results = read_results(eval_dir)
     pass_rate = summary.get("pass_rate") if isinstance(summary, dict) else None
     return EvalInfo(eval_dir.name, eval_dir, state, settings, meta.get("started_at"), meta.get("ended_at"),
-                    len(results), len(settings.case_ids), pass_rate, meta.get("error"))
+                    len(results), len(settings.case_ids) * max(settings.repeats, 1), pass_rate, meta.get("error"))
 
 
 def list_evals(root: str | Path) -> list[EvalInfo]:
@@ -222,7 +236,33 @@ async def preflight(settings: EvalSettings, client: OllamaClient | OpenAIClient 
         listed = ", ".join(reach.models[:10]) or "none"
         hint = f"; `ollama pull {settings.model}`" if settings.backend == "ollama" else ""
         raise EvalCannotRun(f"model {settings.model!r} is not served at {settings.url} (it lists: {listed}){hint}")
+    return await _judge_preflight(settings)
+
+
+async def _judge_preflight(settings: EvalSettings) -> list[str]:
+    if not settings.judge_model:
+        return []
+    client = _judge_client(settings)
+    try:
+        reach = await client.check()
+    finally:
+        await client.aclose()
+    if not reach.reachable:
+        raise EvalCannotRun(f"the judge is not reachable at {settings.judge_url}: {reach.error}")
+    if reach.models is None:
+        return [f"could not read the judge's model list ({reach.error}); trying {settings.judge_model!r} anyway"]
+    if settings.judge_model not in reach.models:
+        listed = ", ".join(reach.models[:10]) or "none"
+        raise EvalCannotRun(f"judge model {settings.judge_model!r} is not served at {settings.judge_url} "
+                            f"(it lists: {listed})")
     return []
+
+
+def _judge_client(settings: EvalSettings) -> OpenAIClient:
+    from evaluator.judge import API_KEY_ENV
+
+    return OpenAIClient(settings.judge_url or OPENAI_URL, timeout=settings.timeout, retries=settings.retries,
+                        max_connections=max(settings.concurrency, 1), api_key=os.environ.get(API_KEY_ENV))
 
 
 def new_settings(backend: str, model: str, prompt_set: PromptSet, *, url: str | None = None,
@@ -259,27 +299,52 @@ def create_eval(settings: EvalSettings, root: Path) -> Path:
 # --- running ---------------------------------------------------------------------
 
 
-async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, case: Case) -> dict[str, Any]:
-    """Ask one case and score it; a failed request becomes the case's recorded error."""
+def asks_tool_calls(case: Case) -> bool:
+    return case.expected_tools is not None or bool(case.expected_context)
+
+
+def asks_behavior(case: Case) -> bool:
+    return bool(case.expected_response_type or case.behavior_expectations or case.anti_patterns)
+
+
+async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, case: Case, *,
+                   tools: list[dict[str, Any]] | None = None, judge: Any = None) -> dict[str, Any]:
+    """Ask one case and score it; a failed request becomes the case's recorded error.
+
+    `tools` come from --tools FILE: offered when the case lists none, and its arguments checked
+    against them; `judge` (evaluator.judge.Judge) decides the behaviour checks that need reading.
+    """
     record: dict[str, Any] = {
         "id": case.id, "tags": case.tags, "expected_tools": case.expected_tools,
-        "expected_context": case.expected_context, "prompt": case.messages(), "started_at": utc_now(),
+        "expected_context": case.context_for_record(), "expected_response_type": case.expected_response_type,
+        "notes": case.notes, "prompt": case.messages(), "started_at": utc_now(),
     }
+    offered = None if settings.no_tools else (case.tools or tools or None)
     started = time.perf_counter()
     try:
-        result = await client.chat(settings.model, case.messages(), case.tools or None,
+        result = await client.chat(settings.model, case.messages(), offered,
                                    temperature=settings.temperature, top_p=settings.top_p,
                                    max_tokens=settings.max_tokens, stream=settings.stream)
     except BackendError as exc:
-        record.update(response=None, raw=None, calls=[], checks=[], passed=False, reasons=[str(exc)],
+        # No answer fails every part the case asks for; it never counts as not scored.
+        record.update(response=None, raw=None, calls=[], checks=[], behavior=[], passed=False, reasons=[str(exc)],
+                      verdict=FAIL, tool_verdict=FAIL if asks_tool_calls(case) else None,
+                      behavior_verdict=FAIL if asks_behavior(case) else None,
                       error={"kind": exc.kind, "message": str(exc), "status": exc.status},
                       latency_s=round(time.perf_counter() - started, 4))
         return record
-    score = score_case(case, result.content, result.tool_calls)
+    score = score_case(case, result.content, result.tool_calls, tools=tools, format=settings.tool_format)
+    behaviour = [c.to_dict() for c in await score_behavior(case, score.response, judge)]
+    checks = [c.to_dict() for c in score.checks]
+    tool_verdict, behavior_verdict = part_verdict(checks), part_verdict(behaviour)
+    verdict = overall_verdict(tool_verdict, behavior_verdict)
+    reasons = score.reasons + [f"{c['name']}: {c['reason']}" + (" (judge)" if c["by"] == "judge" else "")
+                               for c in behaviour if c["verdict"] == FAIL]
     record.update(
         response=result.content, raw=result.raw, native_tool_calls=result.tool_calls,
-        calls=[c.to_dict() for c in score.calls], checks=[c.to_dict() for c in score.checks],
-        passed=score.passed, reasons=score.reasons, error=None,
+        calls=[c.to_dict() for c in score.calls], checks=checks, behavior=behaviour,
+        response_type=score.response.type, tool_verdict=tool_verdict, behavior_verdict=behavior_verdict,
+        verdict=verdict, passed=verdict == "pass", reasons=reasons, error=None,
         latency_s=round(result.latency_s, 4),
         first_token_s=round(result.first_token_s, 4) if result.first_token_s is not None else None,
         prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
@@ -287,6 +352,16 @@ async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, 
         finish_reason=result.finish_reason, attempts=result.attempts,
     )
     return record
+
+
+def _tools_for(settings: EvalSettings) -> list[dict[str, Any]] | None:
+    if not settings.tools_file:
+        return None
+    tools, sha = load_tools_file(settings.tools_file)
+    if settings.tools_sha256 and sha != settings.tools_sha256:
+        raise EvalCannotRun(f"{settings.tools_file} changed since this eval started (sha256 differs); "
+                            "start a new eval instead of resuming")
+    return tools
 
 
 def _resolve_cases(settings: EvalSettings) -> list[Case]:
@@ -314,11 +389,14 @@ def finish_eval(eval_dir: Path, meta: dict[str, Any] | None = None) -> dict[str,
     meta = meta or _read_json(eval_dir / "eval.json") or {}
     settings = EvalSettings.from_dict(meta.get("settings") or {})
     order = {case_id: i for i, case_id in enumerate(settings.case_ids)}
-    results = sorted(read_results(eval_dir), key=lambda r: order.get(str(r["id"]), len(order)))
+    results = sorted(read_results(eval_dir), key=lambda r: (order.get(str(r["id"]), len(order)), r.get("try", 1)))
     summary = aggregate(results)
     summary.update(eval_id=eval_dir.name, backend=settings.backend, url=settings.url, model=settings.model,
-                   prompt_set=settings.prompt_set, planned=len(settings.case_ids),
-                   started_at=meta.get("started_at"), ended_at=meta.get("ended_at"))
+                   prompt_set=settings.prompt_set, planned=len(settings.case_ids) * max(settings.repeats, 1),
+                   started_at=meta.get("started_at"), ended_at=meta.get("ended_at"),
+                   tools_file=settings.tools_file, no_tools=settings.no_tools)
+    if settings.judge_model:
+        summary["judge"].update(model=settings.judge_model, url=settings.judge_url)
     atomic_write_text(eval_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(eval_dir / "report.md", render_report(summary, results))
     return summary
@@ -344,10 +422,12 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
     if url:
         settings.url = url
     cases = _resolve_cases(settings)
+    tools = _tools_for(settings)
     results_path = eval_dir / "results.jsonl"
     _drop_partial_line(results_path)
-    done = {str(r["id"]) for r in read_results(eval_dir)}
-    todo = [c for c in cases if c.id not in done]
+    done = {record_key(r["id"], r.get("try")) for r in read_results(eval_dir)}
+    tries = range(1, max(settings.repeats, 1) + 1)
+    todo = [(c, n) for c in cases for n in tries if record_key(c.id, n) not in done]
 
     from synaptic_tui.jobs import process_start_marker
 
@@ -355,16 +435,22 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
                 start_marker=process_start_marker(os.getpid()), ended_at=None, error=None)
     _write_meta(eval_dir, meta)
     if on_start:
-        on_start(len(done), len(cases))
+        on_start(len(done), len(cases) * len(tries))
     own = client is None
     client = client or _client_for(settings)
+    judge = None
+    if settings.judge_model:
+        from evaluator.judge import CACHE_NAME, Judge
+
+        judge = Judge(_judge_client(settings), settings.judge_model, eval_dir.parent / CACHE_NAME)
     pending = iter(todo)
     try:
         with results_path.open("a", encoding="utf-8") as out:
             async def worker() -> None:
                 # The workers share one iterator: each takes the next case as soon as it is free.
-                for case in pending:
-                    record = await run_case(client, settings, case)
+                for case, attempt in pending:
+                    record = await run_case(client, settings, case, tools=tools, judge=judge)
+                    record["try"] = attempt
                     record["finished_at"] = utc_now()
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                     out.flush()
@@ -390,6 +476,8 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
     finally:
         if own:
             await client.aclose()
+        if judge is not None:
+            await judge.aclose()
     meta.update(state="completed", ended_at=utc_now())
     summary = finish_eval(eval_dir, meta)
     _write_meta(eval_dir, meta)
@@ -399,35 +487,47 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
 # --- comparing -------------------------------------------------------------------
 
 
+def _delta(a: float | None, b: float | None) -> float | None:
+    return round(b - a, 4) if a is not None and b is not None else None
+
+
 def compare_evals(a: str | Path, b: str | Path) -> dict[str, Any]:
-    """Per-case flips (fixed: fail->pass, broken: pass->fail) and per-tag pass-rate deltas from A to B."""
+    """Per-case flips (fixed: fail->pass, broken: pass->fail), flips of each behaviour check,
+    and pass-rate deltas overall, for tool calls, for behaviour and per tag, from A to B.
+    A case run several times (--repeats) passes only if every try passed."""
     a, b = Path(a), Path(b)
     for path in (a, b):
         load_eval(path)  # a clear LookupError for a directory that is not an eval
-    ra = {str(r["id"]): r for r in read_results(a)}
-    rb = {str(r["id"]): r for r in read_results(b)}
-    fixed, broken = [], []
-    for case_id in ra.keys() & rb.keys():
-        before, after = bool(ra[case_id].get("passed")), bool(rb[case_id].get("passed"))
-        if before != after:
-            entry = {"id": case_id, "before": before, "after": after,
-                     "reasons_before": ra[case_id].get("reasons") or [],
-                     "reasons_after": rb[case_id].get("reasons") or []}
-            (fixed if after else broken).append(entry)
-    sa, sb = aggregate(list(ra.values())), aggregate(list(rb.values()))
+    results_a, results_b = read_results(a), read_results(b)
+    ca, cb = combine_tries(results_a), combine_tries(results_b)
+    fixed, broken, behavior_fixed, behavior_broken = [], [], [], []
+    for case_id in ca.keys() & cb.keys():
+        before, after = ca[case_id]["verdict"], cb[case_id]["verdict"]
+        if {before, after} == {"pass", "fail"}:
+            entry = {"id": case_id, "before": before == "pass", "after": after == "pass",
+                     "reasons_before": ca[case_id]["reasons"], "reasons_after": cb[case_id]["reasons"]}
+            (fixed if after == "pass" else broken).append(entry)
+        checks_a, checks_b = ca[case_id]["behavior"], cb[case_id]["behavior"]
+        for name in checks_a.keys() & checks_b.keys():
+            if {checks_a[name], checks_b[name]} == {"pass", "fail"}:
+                entry = {"id": case_id, "check": name, "before": checks_a[name], "after": checks_b[name],
+                         "reason_after": cb[case_id]["behavior_reasons"].get(name, "")}
+                (behavior_fixed if checks_b[name] == "pass" else behavior_broken).append(entry)
+    sa, sb = aggregate(results_a), aggregate(results_b)
     per_tag = {}
     for tag in sorted(set(sa["per_tag"]) | set(sb["per_tag"])):
         rate_a = sa["per_tag"].get(tag, {}).get("pass_rate")
         rate_b = sb["per_tag"].get(tag, {}).get("pass_rate")
-        per_tag[tag] = {"a": rate_a, "b": rate_b,
-                        "delta": round(rate_b - rate_a, 4) if rate_a is not None and rate_b is not None else None}
-    key = lambda e: e["id"]  # noqa: E731
-    overall_delta = (round(sb["pass_rate"] - sa["pass_rate"], 4)
-                     if sa["pass_rate"] is not None and sb["pass_rate"] is not None else None)
+        per_tag[tag] = {"a": rate_a, "b": rate_b, "delta": _delta(rate_a, rate_b)}
+    key = lambda e: (e["id"], e.get("check", ""))  # noqa: E731
+    rates = lambda part: {"a": sa[part]["pass_rate"], "b": sb[part]["pass_rate"],  # noqa: E731
+                          "delta": _delta(sa[part]["pass_rate"], sb[part]["pass_rate"])}
     return {
         "a": str(a), "b": str(b),
-        "overall": {"a": sa["pass_rate"], "b": sb["pass_rate"], "delta": overall_delta},
+        "overall": {"a": sa["pass_rate"], "b": sb["pass_rate"], "delta": _delta(sa["pass_rate"], sb["pass_rate"])},
+        "tool_calls": rates("tool_calls"), "behavior": rates("behavior"),
         "fixed": sorted(fixed, key=key), "broken": sorted(broken, key=key),
-        "only_in_a": sorted(ra.keys() - rb.keys()), "only_in_b": sorted(rb.keys() - ra.keys()),
+        "behavior_fixed": sorted(behavior_fixed, key=key), "behavior_broken": sorted(behavior_broken, key=key),
+        "only_in_a": sorted(ca.keys() - cb.keys()), "only_in_b": sorted(cb.keys() - ca.keys()),
         "per_tag": per_tag,
     }

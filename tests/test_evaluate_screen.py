@@ -129,3 +129,71 @@ async def test_evaluate_from_a_checkpoint_files_the_eval_under_its_run(runs_dir)
         assert isinstance(screen, EvaluateScreen) and screen.run_dir == run_dir
         assert "filed under run 20261122-120000-sft-done" in str(screen.query_one("#eval-run", Static).render())
         assert screen.query_one("#backend", RadioSet).pressed_button.name == "ollama"
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def test_behaviour_checks_and_both_rates_from_the_screen_with_a_judge(tmp_path, runs_dir, monkeypatch):
+    from openai_server import OpenAIServer, judge_by_rubric
+    from test_evaluator_behavior_runs import GOOD, REPLIES, model
+
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "behaviour.json").write_text((FIXTURES / "original_behavior.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SYNAPTIC_EVALS_DIR", raising=False)
+    with OpenAIServer({"m": model(REPLIES), "judge": judge_by_rubric}) as server:
+        app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+        async with app.run_test(size=(150, 50)) as pilot:
+            await pilot.press("e")
+            screen = app.screen
+            screen.query_one("#backend", RadioSet).focus()
+            await pilot.press("down", "enter")  # Ollama -> OpenAI-compatible
+            url = screen.query_one("#url", Input)
+            await settle(pilot, lambda: url.value.endswith("/v1"))
+            url.value = server.url
+            url.focus()
+            await pilot.press("enter")
+            await settle(pilot, lambda: "reachable, 2 model" in str(screen.query_one("#reach", Static).render()))
+            screen.query_one("#model", Select).value = "m"
+            screen.query_one("#judge-model", Input).value = "judge"
+            screen.query_one("#judge-url", Input).value = server.url
+            await pilot.press("ctrl+r")
+            results = screen.query_one("#results", DataTable)
+            await settle(pilot, lambda: results.row_count == 6 and "completed" in str(
+                screen.query_one("#eval-progress", Static).render()))
+            cells = {case: tuple(str(results.get_cell(case, col)) for col in ("tools", "behaviour", "pass"))
+                     for case in ("IH_vague_delete", "EP_synthesis", "WA_pick_workspace")}
+            assert cells == {"IH_vague_delete": ("", "yes", "yes"), "EP_synthesis": ("no", "no", "no"),
+                             "WA_pick_workspace": ("yes", "no", "no")}
+            results.move_cursor(row=results.get_row_index("WA_pick_workspace"))
+            await pilot.pause()
+            log = "\n".join(screen.query_one("#case-log", Log).lines)
+            assert "  notes: Two workspaces: say which one and why, then append." in log
+            assert "  reply: tool_text (expected tool_text)" in log
+            assert "  FAIL explains_choice (judge): read by the 'why' rule" in log
+            assert "  ok   appends_content (rule): called content_appendContent" in log
+            summary = str(screen.query_one("#eval-summary", Static).render())
+            assert "tool calls 75% (3/4)   behaviour 33% (2/6)" in summary
+            assert "judge judge: 4 verdicts, agrees with the rules on 1/1" in summary
+            [eval_dir] = [p for p in (tmp_path / "evals").iterdir() if p.is_dir()]
+            settings = json.loads((eval_dir / "eval.json").read_text())["settings"]
+            assert (settings["judge_model"], settings["judge_url"]) == ("judge", server.url)
+    with OpenAIServer({"m": model({**REPLIES, **GOOD}), "judge": judge_by_rubric}) as server:
+        from evaluator.prompts import load_prompt_set
+        from evaluator.runner import create_eval, new_settings, run_eval
+
+        settings = new_settings("openai", "m", load_prompt_set(tmp_path / "prompts" / "behaviour.json"),
+                                url=server.url, judge_url=server.url, judge_model="judge")
+        tuned = create_eval(settings, tmp_path / "evals")
+        await run_eval(tuned)
+    app = SynapticApp(Services(runs_dir=runs_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(150, 45)) as pilot:
+        app.push_screen(EvalCompareScreen(eval_dir, tuned))
+        await pilot.pause()
+        overall = str(app.screen.query_one("#compare-overall", Static).render())
+        flips = str(app.screen.query_one("#compare-flips", Static).render())
+    assert "tool calls 75% -> 100% (+25%)   behaviour 33% -> 67% (+33%)" in overall
+    assert ("behaviour checks fixed: EP_synthesis creates_shallow_content_directly, EP_synthesis "
+            "delegates_complex_task, EP_synthesis uses_execute_prompt, WA_pick_workspace explains_choice") in flips
+    assert "behaviour checks broken: none" in flips

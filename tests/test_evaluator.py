@@ -244,7 +244,8 @@ def test_aggregate_by_tag_and_tool():
     summary = aggregate(results)
     assert (summary["total"], summary["passed"], summary["failed"], summary["errors"]) == (3, 1, 1, 1)
     assert summary["pass_rate"] == 0.3333
-    assert summary["per_tag"]["read"] == {"total": 2, "passed": 1, "errors": 0, "pass_rate": 0.5}
+    assert summary["per_tag"]["read"] == {"total": 2, "passed": 1, "errors": 0, "not_scored": 0, "pass_rate": 0.5,
+                                          "tool_pass_rate": 0.5, "behavior_pass_rate": None}
     assert summary["per_tag"]["(untagged)"]["errors"] == 1
     assert summary["per_tool"]["read_note"] == {"cases": 1, "called": 1, "passed": 1, "unexpected": 1, "pass_rate": 1.0}
     assert summary["per_tool"]["search_notes"]["called"] == 0
@@ -518,7 +519,7 @@ def test_server_down_exits_1_naming_the_url_and_what_to_start(tmp_path):
 
 def test_evaluator_imports_no_ml_library_and_no_textual():
     code = ("import sys, evaluator, evaluator.cli, evaluator.clients, evaluator.prompts, evaluator.runner, "
-            "evaluator.scoring, evaluator.report\n"
+            "evaluator.scoring, evaluator.report, evaluator.behavior, evaluator.judge\n"
             "bad = [m for m in ('torch','transformers','trl','peft','unsloth','mlx','datasets','accelerate','textual')"
             " if m in sys.modules]\nprint(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -393,3 +393,41 @@ def test_compare_from_the_command_line(tmp_path):
     assert comparison["fixed"] == comparison["broken"] == [] and comparison["per_tag"]["no-tool"]["delta"] == 0.0
     out = run_cli("eval", "--compare", a, b, "--evals-dir", str(evals), cwd=tmp_path)
     assert out.returncode == 0 and "fixed (fail -> pass): 0" in out.stdout
+
+
+@pytest.mark.slow
+def test_mlx_lm_server_answers_behaviour_cases_and_judges_them(mlx_server, tmp_path):
+    # The original's shape, sent no tools as the original did; the same real server is the judge.
+    # Random weights: what is checked is that every behaviour check is accounted for, not how it went.
+    prompt_set = EXAMPLES / "prompts" / "vault_behavior.json"
+    out = run_cli("eval", "--backend", "openai", "--url", mlx_server["url"], "--model", mlx_server["model"],
+                  "--prompt-set", str(prompt_set), "--no-tools", "--max-tokens", "16", "--concurrency", "2",
+                  "--judge-url", mlx_server["url"], "--judge-model", mlx_server["model"],
+                  "--evals-dir", str(tmp_path / "evals"), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert (summary["total"], summary["errors"]) == (8, 0)
+    cases = {c.id: c for c in load_prompt_set(prompt_set).cases}
+    records = read_results(Path(summary["eval_dir"]))
+    from evaluator.behavior import ANTI_PATTERNS, EXPECTATIONS
+
+    for record in records:
+        case = cases[record["id"]]
+        asked = ["response_type"] * bool(case.expected_response_type) + [*case.behavior_expectations,
+                                                                         *case.anti_patterns]
+        assert [c["name"] for c in record["behavior"]] == asked
+        assert record["response_type"] in ("text_only", "tool_only", "tool_text", "empty")
+        for check in record["behavior"]:
+            assert check["verdict"] in ("pass", "fail", "not scored")
+            assert (check["by"] is None) == (check["verdict"] == "not scored")
+            behaviour = EXPECTATIONS.get(check["name"]) or ANTI_PATTERNS.get(check["name"])
+            if behaviour is not None and behaviour.judged:
+                assert check["judge"] is not None  # asked, answered or not
+        assert record["behavior_verdict"] in ("pass", "fail", "not scored")
+    checks = summary["behavior"]["checks"]
+    assert checks["total"] == sum(len(r["behavior"]) for r in records) == 27
+    assert checks["pass"] + checks["fail"] + checks["not_scored"] == checks["total"]
+    judge = summary["judge"]
+    judged_checks = sum(1 for r in records for c in r["behavior"] if c["judge"] is not None)
+    assert judged_checks == 6 and judge["judged"] + judge["failed"] == judged_checks
+    assert "## By expectation" in (Path(summary["eval_dir"]) / "report.md").read_text()

@@ -224,6 +224,73 @@ def test_eval_results_screen(snap_compare, app_on, runs_dir):
     assert snap_compare(app_on(runs_dir), run_before=run_before, terminal_size=SIZE)
 
 
+def behaviour_eval(root):
+    """A finished eval of a behaviour set: tool-call and behaviour checks, by rule and by judge, one not scored."""
+    import json
+
+    from evaluator.runner import finish_eval
+
+    eval_dir = root / "20261123-120000-demo-model-behaviour"
+    eval_dir.mkdir(parents=True)
+    settings = {"backend": "openai", "url": "http://127.0.0.1:9/v1", "model": "m", "prompt_set": "/behaviour.json",
+                "case_ids": ["IH_vague_delete", "WA_pick_workspace", "ERA_no_results"], "judge_model": "judge",
+                "judge_url": "http://127.0.0.1:9/v1"}
+    (eval_dir / "eval.json").write_text(json.dumps({"eval_id": eval_dir.name, "state": "completed",
+                                                    "settings": settings}))
+    rule = lambda name, verdict, reason, kind="expectation": {  # noqa: E731
+        "name": name, "kind": kind, "expected": True, "verdict": verdict, "reason": reason, "by": "rule",
+        "rule": {"verdict": verdict, "reason": reason}, "judge": None, "not_scored": None}
+    records = [
+        {"id": "WA_pick_workspace", "tags": ["workspace_awareness"], "expected_tools": ["content_appendContent"],
+         "prompt": [{"role": "user", "content": "Add today's harbour notes to the right workspace log."}],
+         "notes": "Two workspaces: say which one and why, then append.", "response_type": "tool_text",
+         "expected_response_type": "tool_text", "response": "Adding today's notes to the Orchard log now.",
+         "calls": [{"name": "content_appendContent", "arguments": {"path": "Garden/log.md"}, "source": "native"}],
+         "checks": [{"name": "expected_tools", "passed": True, "detail": "called ['content_appendContent']"}],
+         "behavior": [rule("response_type", "pass", "tool_text", "response_type"),
+                      {"name": "explains_choice", "kind": "expectation", "expected": True, "verdict": "fail",
+                       "reason": "says where, never why", "by": "judge", "rule": None,
+                       "judge": {"verdict": "fail", "reason": "says where, never why", "cached": False},
+                       "not_scored": None},
+                      rule("appends_content", "pass", "called content_appendContent")],
+         "tool_verdict": "pass", "behavior_verdict": "fail", "verdict": "fail", "passed": False,
+         "reasons": ["explains_choice: says where, never why (judge)"], "error": None, "latency_s": 1.25},
+        {"id": "IH_vague_delete", "tags": ["clarification"], "expected_tools": None,
+         "prompt": [{"role": "user", "content": "Delete the old drafts."}], "notes": "Ask which drafts.",
+         "response_type": "text_only", "response": "Which drafts do you mean?", "calls": [], "checks": [],
+         "behavior": [rule("does_not_call_tool", "pass", "no tool call"),
+                      {"name": "asks_for_user_input", "kind": "expectation", "expected": True, "verdict": "pass",
+                       "reason": "asks which drafts", "by": "judge", "rule": None,
+                       "judge": {"verdict": "pass", "reason": "asks which drafts", "cached": True},
+                       "not_scored": None}],
+         "tool_verdict": None, "behavior_verdict": "pass", "verdict": "pass", "passed": True, "reasons": [],
+         "error": None, "latency_s": 0.5},
+        {"id": "ERA_no_results", "tags": ["error_recovery"], "expected_tools": None,
+         "prompt": [{"role": "user", "content": "What did my notes say about the lighthouse?"}],
+         "response_type": "text_only", "response": "Nothing about the lighthouse.", "calls": [], "checks": [],
+         "behavior": [{"name": "hums_a_tune", "kind": "expectation", "expected": True, "verdict": "not scored",
+                       "reason": "no rule or judge rubric for 'hums_a_tune'", "by": None, "rule": None,
+                       "judge": None, "not_scored": "no rule or rubric"}],
+         "tool_verdict": None, "behavior_verdict": "not scored", "verdict": "not scored", "passed": False,
+         "reasons": [], "error": None, "latency_s": 0.75},
+    ]
+    (eval_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    finish_eval(eval_dir)
+    return eval_dir
+
+
+def test_eval_results_with_behaviour_checks(snap_compare, app_on, runs_dir):
+    from synaptic_tui.screens.evaluate import EvalResultsScreen
+
+    eval_dir = behaviour_eval(runs_dir.parent / "evals")
+
+    async def run_before(pilot):
+        await pilot.app.push_screen(EvalResultsScreen(eval_dir))
+        await pilot.pause(0.5)
+
+    assert snap_compare(app_on(runs_dir), run_before=run_before, terminal_size=SIZE)
+
+
 def test_eval_compare_screen(snap_compare, app_on, runs_dir):
     from synaptic_tui.screens.evaluate import EvalCompareScreen
 

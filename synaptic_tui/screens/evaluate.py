@@ -62,6 +62,51 @@ def called_tools(record: dict[str, Any]) -> str:
     return ", ".join(c.get("name", "?") for c in record.get("calls") or [])
 
 
+VERDICT_CELLS = {"pass": ("yes", "green"), "fail": ("no", "red"), "not scored": ("n/s", "yellow")}
+CHECK_MARKS = {"pass": "ok  ", "fail": "FAIL", "not scored": "n/s "}
+
+
+def verdict_cell(verdict: str | None) -> Text:
+    text, style = VERDICT_CELLS.get(verdict or "", ("", ""))
+    return Text(text, style=style)
+
+
+def check_lines(record: dict[str, Any]) -> list[str]:
+    """A case's checks as the case log shows them: tool-call checks, then behaviour checks with who decided."""
+    lines = [f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name', '')}: {c.get('detail', '')}"
+             for c in record.get("checks") or []]
+    for c in record.get("behavior") or []:
+        by = f" ({c['by']})" if c.get("by") else ""
+        lines.append(f"  {CHECK_MARKS.get(c.get('verdict'), '?   ')} {c.get('name', '')}{by}: {c.get('reason', '')}")
+        judge = c.get("judge")
+        if judge and c.get("by") == "rule":  # the judge's reading too, where the rule decided
+            lines.append(f"       judge read it as {judge['verdict']}: {judge.get('reason')}" if judge.get("verdict")
+                         else f"       {judge.get('reason')}")
+    return lines
+
+
+def rates_text(summary: dict[str, Any]) -> str:
+    """The tool-call and behaviour pass rates, and what was not scored, for the summary pane."""
+    pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+    parts = []
+    for key, label in (("tool_calls", "tool calls"), ("behavior", "behaviour")):
+        part = summary.get(key) or {}
+        if part.get("cases"):  # a set that asks nothing of a part says nothing of it
+            parts.append(f"{label} {pct(part.get('pass_rate'))} ({part['passed']}/{part['passed'] + part['failed']})")
+    text = "   ".join(parts)
+    behaviour = summary.get("behavior") or {}
+    unscored = (behaviour.get("checks") or {}).get("not_scored", 0)
+    if unscored:
+        why = ", ".join(f"{n} {reason}" for reason, n in (behaviour.get("not_scored_why") or {}).items())
+        text += f"   {unscored} check{'s' if unscored != 1 else ''} not scored ({why})"
+    judge = summary.get("judge") or {}
+    if judge.get("model"):
+        text += f"\njudge {judge['model']}: {judge.get('decided', 0)} verdicts"
+        if judge.get("compared"):
+            text += f", agrees with the rules on {judge['agreed']}/{judge['compared']}"
+    return text
+
+
 class EvalResults(Vertical):
     """One eval's results as they arrive: a table of cases, the highlighted case's exchange, the summary."""
 
@@ -87,8 +132,9 @@ class EvalResults(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one("#results", DataTable)
-        for key, label, width in (("case", "Case", 22), ("tags", "Tags", 16), ("expected", "Expected", 22),
-                                  ("called", "Called", 22), ("pass", "Pass", 5), ("latency", "Latency", 8)):
+        for key, label, width in (("case", "Case", 22), ("tags", "Tags", 14), ("expected", "Expected", 18),
+                                  ("called", "Called", 18), ("tools", "Tools", 5), ("behaviour", "Behav", 5),
+                                  ("pass", "Pass", 4), ("latency", "Latency", 7)):
             table.add_column(label, key=key, width=width)
         self.set_interval(0.3, self.poll)
 
@@ -103,7 +149,8 @@ class EvalResults(Vertical):
         self.poll()
 
     def poll(self) -> None:
-        from evaluator.runner import load_eval
+        from evaluator.runner import load_eval, record_key
+        from evaluator.scoring import tool_verdict_of, verdict_of
 
         if self.eval_dir is None or self.follower is None:
             return
@@ -113,16 +160,19 @@ class EvalResults(Vertical):
             table.clear()
             self.records = {}
         for record in records:
-            case_id = str(record.get("id"))
-            self.records[case_id] = record
-            passed = Text("yes", style="green") if record.get("passed") else Text(
-                "err" if record.get("error") else "no", style="red")
+            attempt = record.get("try") if isinstance(record.get("try"), int) else 1
+            key = record_key(record.get("id"), attempt)
+            self.records[key] = record
+            passed = Text("err", style="red") if record.get("error") else verdict_cell(verdict_of(record))
             latency = record.get("latency_s")
-            row = (case_id, ", ".join(record.get("tags") or []), ", ".join(record.get("expected_tools") or []),
-                   called_tools(record), passed, f"{latency:.2f}s" if isinstance(latency, (int, float)) else "")
-            if case_id in table.rows:
-                table.remove_row(case_id)
-            table.add_row(*row, key=case_id)
+            label = str(record.get("id")) + (f" #{attempt}" if attempt > 1 else "")
+            row = (label, ", ".join(record.get("tags") or []), ", ".join(record.get("expected_tools") or []),
+                   called_tools(record), verdict_cell(tool_verdict_of(record)),
+                   verdict_cell(record.get("behavior_verdict")), passed,
+                   f"{latency:.2f}s" if isinstance(latency, (int, float)) else "")
+            if key in table.rows:
+                table.remove_row(key)
+            table.add_row(*row, key=key)
         if records and table.row_count == len(records):
             self.show_case()
         try:
@@ -148,10 +198,15 @@ class EvalResults(Vertical):
         rate = summary.get("pass_rate")
         lines = [f"[b]pass rate {rate:.0%}[/] ({summary.get('passed')}/{summary.get('total')}, "
                  f"{summary.get('errors', 0)} errors)" if rate is not None else "no results"]
+        if rates_text(summary):
+            lines.append(escape(rates_text(summary)))
+        pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+        parts = [(key, label) for key, part, label in (("tool_pass_rate", "tool_calls", "tools"),
+                                                       ("behavior_pass_rate", "behavior", "behaviour"))
+                 if (summary.get(part) or {}).get("cases")]
         for tag, row in (summary.get("per_tag") or {}).items():
-            tag_rate = row.get("pass_rate")
-            lines.append(f"  {escape(tag):<24} {row['passed']}/{row['total']}"
-                         + (f"  {tag_rate:.0%}" if tag_rate is not None else ""))
+            lines.append(f"  {escape(tag):<24} {row['passed']}/{row['total']}  {pct(row.get('pass_rate')):>4}"
+                         + "".join(f"   {label} {pct(row.get(key)):>4}" for key, label in parts))
         lines.append(f"report: {escape(display_path(self.eval_dir / 'report.md'))}")
         self.query_one("#eval-summary", Static).update("\n".join(lines))
 
@@ -162,16 +217,21 @@ class EvalResults(Vertical):
         table = self.query_one("#results", DataTable)
         if not table.row_count:
             return
-        case_id = str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
-        record = self.records.get(case_id)
+        key = str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value)
+        record = self.records.get(key)
         log = self.query_one("#case-log", Log)
         log.clear()
         if record is None:
             return
         question = next((m.get("content") for m in reversed(record.get("prompt") or []) if m.get("role") == "user"), "")
-        lines = [f"case {case_id}: {question}"]
-        lines += [f"  {'ok  ' if c.get('passed') else 'FAIL'} {c.get('name', '')}: {c.get('detail', '')}"
-                  for c in record.get("checks") or []]
+        lines = [f"case {key}: {question}"]
+        if record.get("notes"):
+            lines.append(f"  notes: {record['notes']}")
+        if record.get("response_type"):
+            lines.append(f"  reply: {record['response_type']}"
+                         + (f" (expected {record['expected_response_type']})"
+                            if record.get("expected_response_type") else ""))
+        lines += check_lines(record)
         error = record.get("error")
         if error:
             lines.append(f"  error ({error.get('kind')}): {error.get('message')}")
@@ -184,7 +244,9 @@ class EvalResults(Vertical):
             # What the server sent last, as it sent it: the final body or stream chunk.
             lines.append("raw:")
             lines += json.dumps(record["raw"], indent=2, ensure_ascii=False).splitlines()
-        log.write_lines(lines)
+        # The question and the verdicts first, not the raw tail.
+        log.write_lines(lines, scroll_end=False)
+        log.scroll_home(animate=False)
 
 
 class EvaluateScreen(Screen):
@@ -236,6 +298,9 @@ class EvaluateScreen(Screen):
                     yield Input("", id="limit", type="integer", placeholder="all")
                     yield Input("0", id="temperature", type="number")
                 yield Input("", id="tags", placeholder="tags (comma-separated), empty: all")
+                yield Label("Judge (optional): model, URL")
+                yield Input("", id="judge-model", placeholder="judge model (empty: no judge)")
+                yield Input("", id="judge-url", placeholder="http://127.0.0.1:1234/v1")
                 yield Button("Run eval  ctrl+r", id="run", variant="primary")
                 if self.run_dir is not None:
                     yield Static(self.run_note(), id="eval-run")
@@ -294,6 +359,7 @@ class EvaluateScreen(Screen):
         self.action_run_eval()
 
     def settings_from_form(self):
+        from evaluator.clients import OPENAI_URL
         from evaluator.prompts import load_prompt_set
         from evaluator.runner import new_settings
 
@@ -311,8 +377,13 @@ class EvaluateScreen(Screen):
             raise ValueError("concurrency and limit must be at least 1, temperature at least 0")
         tags = [t.strip() for t in self.query_one("#tags", Input).value.split(",") if t.strip()]
         loaded = load_prompt_set(prompt_set)
+        judge_model = self.query_one("#judge-model", Input).value.strip() or None
+        judge_url = self.query_one("#judge-url", Input).value.strip() or None
+        if judge_url and not judge_model:
+            raise ValueError("a judge URL needs a judge model (its name as that server lists it)")
         settings = new_settings(self.backend(), str(model), loaded, url=self.query_one("#url", Input).value.strip(),
-                                tags=tags, limit=limit, temperature=temperature, concurrency=concurrency)
+                                tags=tags, limit=limit, temperature=temperature, concurrency=concurrency,
+                                judge_model=judge_model, judge_url=(judge_url or OPENAI_URL) if judge_model else None)
         if not settings.case_ids:
             raise ValueError(f"no case in {Path(prompt_set).name} has the tags {', '.join(tags)}")
         if self.run_dir is not None:
@@ -452,9 +523,13 @@ class EvalCompareScreen(Screen):
         pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
         delta = lambda v: f"{v:+.0%}" if v is not None else "-"  # noqa: E731
         overall = comparison["overall"]
+        parts = "   ".join(f"{label} {pct(comparison[key]['a'])} -> {pct(comparison[key]['b'])} "
+                           f"({delta(comparison[key]['delta'])})"
+                           for key, label in (("tool_calls", "tool calls"), ("behavior", "behaviour"))
+                           if comparison[key]["a"] is not None or comparison[key]["b"] is not None)
         self.query_one("#compare-overall", Static).update(
             f"A {escape(self.a.name)}: {pct(overall['a'])}   B {escape(self.b.name)}: {pct(overall['b'])}   "
-            f"[b]{delta(overall['delta'])}[/]")
+            f"[b]{delta(overall['delta'])}[/]" + (f"\n{parts}" if parts else ""))
         table = self.query_one("#compare-tags", DataTable)
         for key, label, width in (("tag", "Tag", 24), ("a", "A", 6), ("b", "B", 6), ("delta", "Delta", 7)):
             table.add_column(label, key=key, width=width)
@@ -463,6 +538,9 @@ class EvalCompareScreen(Screen):
             style = "green" if change and change > 0 else "red" if change and change < 0 else ""
             table.add_row(tag, pct(row["a"]), pct(row["b"]), Text(delta(change), style=style), key=tag)
         ids = lambda entries: escape(", ".join(e["id"] for e in entries)) or "none"  # noqa: E731
+        checks = lambda entries: escape(", ".join(f"{e['id']} {e['check']}" for e in entries)) or "none"  # noqa: E731
         self.query_one("#compare-flips", Static).update(
             f"[green]fixed[/] (failed in A, pass in B): {ids(comparison['fixed'])}\n"
-            f"[red]broken[/] (passed in A, fail in B): {ids(comparison['broken'])}")
+            f"[red]broken[/] (passed in A, fail in B): {ids(comparison['broken'])}\n"
+            f"[green]behaviour checks fixed[/]: {checks(comparison['behavior_fixed'])}\n"
+            f"[red]behaviour checks broken[/]: {checks(comparison['behavior_broken'])}")
