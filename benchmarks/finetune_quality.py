@@ -66,7 +66,7 @@ def evaluate(label: str, model: Path, work: Path, env: dict[str, str], max_token
     started = time.monotonic()
     with mlx_server(model, work / f"{label}.server.log") as (url, model_id):
         out = cli("eval", "--backend", "openai", "--url", url, "--model", model_id, "--prompt-set", str(PROMPTS),
-                  "--max-tokens", str(max_tokens), "--temperature", "0", "--concurrency", "2",
+                  "--max-tokens", str(max_tokens), "--temperature", "0", "--concurrency", "2", "--timeout", "900",
                   "--evals-dir", str(work / "evals"), "--json", env=env)
     summary = json.loads(out.stdout)
     summary = summary.get("summary", summary)
@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=160, help="most tokens per answer (default 160)")
     parser.add_argument("--model", type=Path, help="SmolLM2-135M-Instruct directory (default: build it)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--trained", type=Path, metavar="RUN_DIR",
+                        help="evaluate this finished run (a kept work directory's) instead of training again")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="finetune-quality-"))
@@ -103,15 +105,22 @@ def main() -> int:
         print(f"prompt set: {PROMPTS.name}, {len(json.loads(PROMPTS.read_text()))} cases, "
               f"{overlap} of them asked in the training data")
 
-        print(f"training: SFT {args.steps} steps with {CONFIG.name}'s settings on {DATA.name}", flush=True)
-        started = time.monotonic()
-        out = cli("train", "--config", str(CONFIG), "--model", str(model), "--yes", "--wait", "--json",
-                  "--set", f"training.max_steps={args.steps}", "--set", f"training.save_steps={args.steps // 4}",
-                  "--set", f"training.eval_steps={args.steps // 4}", env=env)
-        run_dir = Path(json.loads(out.stdout)["run_dir"])
-        status = json.loads((run_dir / "status.json").read_text())
-        print(f"  {status['state']} in {time.monotonic() - started:.0f} s; template {status['chat_template']['name']}"
-              f" (mask {status['chat_template']['mask']}); best {status.get('best_checkpoint')}", flush=True)
+        if args.trained:
+            run_dir = args.trained.resolve()
+            env["SYNAPTIC_RUNS_DIR"] = str(run_dir.parent)
+            status = json.loads((run_dir / "status.json").read_text())
+            print(f"training: reusing {run_dir.name} ({status['state']}, step {status['step']})")
+        else:
+            print(f"training: SFT {args.steps} steps with {CONFIG.name}'s settings on {DATA.name}", flush=True)
+            started = time.monotonic()
+            out = cli("train", "--config", str(CONFIG), "--model", str(model), "--yes", "--wait", "--json",
+                      "--set", f"training.max_steps={args.steps}", "--set", f"training.save_steps={args.steps // 4}",
+                      "--set", f"training.eval_steps={args.steps // 4}", env=env)
+            run_dir = Path(json.loads(out.stdout)["run_dir"])
+            status = json.loads((run_dir / "status.json").read_text())
+            print(f"  {status['state']} in {time.monotonic() - started:.0f} s", flush=True)
+        print(f"  template {status['chat_template']['name']} (mask {status['chat_template']['mask']}); "
+              f"best {status.get('best_checkpoint')}", flush=True)
         exported = cli("export", str(run_dir), "--format", "merged-16bit", "--json", env=env)
         merged = Path(json.loads(exported.stdout)["exports"]["merged-16bit"]["path"])
         template = json.loads((merged / "tokenizer_config.json").read_text()).get("chat_template") \

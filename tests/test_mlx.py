@@ -153,16 +153,18 @@ def test_kto_on_mlx_is_refused_with_the_reason(demo_model, runs_dir):
 def test_mlx_loss_mask_covers_only_the_assistant_turns(demo_model):
     from mlx_lm.utils import load
 
+    from trainers.chat_templates import choose_template, prepare_tokenizer
     from trainers.data import load_rows
     from trainers.mlx_lora import ChatRows
 
     _, tokenizer = load(str(demo_model))  # mlx-lm's wrapper, as the trainer gets it
     rows, _ = load_rows(str(EXAMPLES / "data" / "sft_tool_calls.jsonl"), "sft", max_rows=3)
-    ids, mask = ChatRows(rows, tokenizer, assistant_only=True).process(rows[0])
+    prepare_tokenizer(tokenizer._tokenizer, choose_template(tokenizer._tokenizer, "auto", needs_tools=True))
+    ids, mask = ChatRows(rows, tokenizer, assistant_only=True, strategy="markers").process(rows[0])
     assert 0 < mask.sum() < len(ids)
     trained = tokenizer._tokenizer.decode([t for t, keep in zip(ids, mask) if keep])
     # What the loss sees is the assistant's answer and tool calls, never the user's question.
     user = next(m["content"] for m in rows[0]["messages"] if m["role"] == "user")
     assert user not in trained and "<tool_call>" in trained
-    _, everything = ChatRows(rows, tokenizer, assistant_only=False).process(rows[0])
+    _, everything = ChatRows(rows, tokenizer, assistant_only=False, strategy="all").process(rows[0])
     assert everything.all()
