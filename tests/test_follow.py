@@ -91,9 +91,9 @@ def test_run_metrics_stay_bounded_and_exact_at_checkpoints():
                                        "rewards/chosen": 700}
     # An unexpected checkpoint step inside the recent window (a cancel) is exact too.
     assert metrics.metrics_at(4999)["rewards/chosen"] == 4998 and metrics.metrics_at(4999)["loss"] == 1 / 4999
-    # A step nobody said would be a checkpoint, far behind the window: the nearest snapshot before it
-    # (what the view never needs: it watches the steps of the checkpoints on disk, below).
-    assert metrics.metrics_at(650)["step"] == 600
+    # A step nobody said would be a checkpoint, far behind the window: nothing, rather than another
+    # step's metrics (the view never asks: it watches the steps of the checkpoints on disk, below).
+    assert metrics.metrics_at(650) == {}
     rows, best = metrics.checkpoint_rows([Checkpoint("checkpoint-700", None, 700),
                                           Checkpoint("checkpoint-4999", None, 4999)])
     assert [round(r.score, 3) for r in rows] == [7.0, 49.99] and best == "checkpoint-4999"
