@@ -27,7 +27,7 @@ from synaptic_tui.monitor import CURVES, RunMetrics
 from synaptic_tui.runs import list_checkpoints, load_run, read_run_config
 from synaptic_tui.widgets.checkpoint_table import CheckpointTable
 from synaptic_tui.widgets.curves import Curves
-from synaptic_tui.widgets.runs_table import format_duration
+from synaptic_tui.widgets.runs_table import format_duration, parse_time
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -155,11 +155,12 @@ class RunScreen(Screen):
         if run is None:
             return
         status = reconcile(run)
+        if status.write_error:
+            self.notify(status.write_error, severity="warning", timeout=10)
         now = datetime.now(timezone.utc)
-        started = datetime.fromisoformat(status.started_at) if status.started_at else None
-        ended = datetime.fromisoformat(status.ended_at) if status.ended_at else None
+        started, ended = parse_time(status.started_at), parse_time(status.ended_at)
         total = status.max_steps or 0
-        parts = [f"[b]{status.state}[/]", f"engine {status.engine or '?'}", f"step {status.step}/{total or '?'}"]
+        parts = [f"[b]{status.state}[/]", f"engine {escape(status.engine or '?')}", f"step {status.step}/{total or '?'}"]
         if started:
             parts.append(f"elapsed {format_duration(((ended or now) - started).total_seconds())}")
         rate = self.metrics.steps_per_second()
@@ -167,11 +168,13 @@ class RunScreen(Screen):
             parts.append(f"{rate:.2f} steps/s")
             if total and status.state == "running":
                 parts.append(f"ETA {format_duration(max(0, total - status.step) / rate)}")
-        if status.state == "failed" and status.error:
-            parts.append(f"[red]{escape(status.error.strip().splitlines()[-1])}[/]")
+        if status.state in ("failed", "unreadable") and status.error and status.error.strip():
+            parts.append(f"[red]{escape(status.error.strip().splitlines()[-1][:300])}[/]")
+        if self.metrics.diverged_at is not None:
+            parts.append(f"[red]diverged at step {self.metrics.diverged_at}[/]")
         self.query_one("#run-state", Static).update("   ".join(parts))
         if total:
-            self.query_one(ProgressBar).update(total=total, progress=status.step)
+            self.query_one(ProgressBar).update(total=total, progress=min(status.step, total))
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -221,9 +224,7 @@ class RunScreen(Screen):
 
             run = load_run(self.run_dir)
             if yes and run is not None:
-                if cancel_run(run):
-                    self.notify("Stop requested: the trainer saves a checkpoint, then ends cancelled.")
-                else:
-                    self.notify("The run is not running.", severity="warning")
+                result = cancel_run(run)
+                self.notify(result.message, severity="information" if result else "warning")
 
         self.app.push_screen(ConfirmScreen(f"Cancel {self.run_dir.name}? It saves a checkpoint first."), confirmed)
