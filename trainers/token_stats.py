@@ -11,19 +11,37 @@ import math
 import sys
 
 
+# A token is rarely longer than this many characters: a message cut to max_length times it still has
+# more than max_length tokens, so a huge row is counted from a bounded prefix of each message.
+CHARS_PER_TOKEN_BOUND = 32
+
+
+def bounded(messages: list[dict], max_chars: int) -> list[dict]:
+    """Messages with each content cut to max_chars: what lies past it is past max_seq_length anyway, and
+    tokenizing a 50 MB row whole costs gigabytes."""
+    return [{**m, "content": m["content"][:max_chars]} if len(m.get("content") or "") > max_chars else m
+            for m in messages]
+
+
 def main() -> int:
     config = json.load(sys.stdin)
-    from trainers.data import load_rows
+    from trainers.data import DatasetReport, iter_rows
     from trainers.engine import load_tokenizer
 
     method = config.get("method", "sft")
-    rows, _ = load_rows(config["dataset"]["path"], method, max_rows=config["dataset"].get("max_rows"))
+    report = DatasetReport(path=config["dataset"]["path"], method=method)
+    rows = (row for _, row in iter_rows(config["dataset"]["path"], method, report,
+                                       max_rows=config["dataset"].get("max_rows")))
     tokenizer = load_tokenizer(config)
     max_length = int(config["model"].get("max_seq_length", 1024))
+    max_chars = max_length * CHARS_PER_TOKEN_BOUND
     lengths = []
     # Rows whose learnable part starts past max_length are truncated to nothing: TRL drops them.
     nothing_to_learn = 0
     for row in rows:
+        for key in ("messages", "prompt", "completion"):
+            if key in row:
+                row[key] = bounded(row[key], max_chars)
         if method == "sft":
             encoded = tokenizer.apply_chat_template(row["messages"], tools=row.get("tools"), tokenize=True,
                                                     return_dict=True, return_assistant_tokens_mask=True)
