@@ -178,7 +178,7 @@ def rewind(run_dir: Path, step: int) -> Path | None:
     for line in lines:
         try:
             record_step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             record_step = None
         (dropped if isinstance(record_step, int) and record_step > step else kept).append(line)
     # The final adapter of a run that had finished belongs to the path given up, too.
