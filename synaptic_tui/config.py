@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -623,6 +624,15 @@ PATH_FIELDS = (("dataset", "path"), ("eval", "prompt_set"), ("output", "runs_dir
 PATH_ALIASES = {("dataset", "path"): ("path", "local_file")}
 
 
+def _absolute(path: Path) -> str:
+    """The path made absolute, its symlinks resolved where they resolve (a symlink loop is left for the
+    check that reads the file to report, rather than crashing here)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
 def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str]] | None = None) -> None:
     """Make relative paths absolute against base_dir (the YAML file's directory, or the cwd for --set)."""
     for section, field in PATH_FIELDS:
@@ -633,7 +643,7 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
         for key in PATH_ALIASES.get((section, field), (field,)):
             value = data[section].get(key)
             if isinstance(value, str) and value:
-                data[section][key] = str((base_dir / Path(value).expanduser()).resolve())
+                data[section][key] = _absolute(base_dir / Path(value).expanduser())
     pipeline = data.get("pipeline")
     if isinstance(pipeline, dict) and only is None:
         for stage in ("sft", "kto"):
@@ -641,16 +651,16 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
                 resolve_paths(pipeline[stage], base_dir)
                 start = pipeline[stage].get("start_from")
                 if isinstance(start, str) and start != "sft" and (start.startswith((".", "~")) or (base_dir / start).is_dir()):
-                    pipeline[stage]["start_from"] = str((base_dir / Path(start).expanduser()).resolve())
+                    pipeline[stage]["start_from"] = _absolute(base_dir / Path(start).expanduser())
         if isinstance(pipeline.get("eval"), dict) and isinstance(pipeline["eval"].get("prompt_set"), str):
-            pipeline["eval"]["prompt_set"] = str((base_dir / Path(pipeline["eval"]["prompt_set"]).expanduser()).resolve())
+            pipeline["eval"]["prompt_set"] = _absolute(base_dir / Path(pipeline["eval"]["prompt_set"]).expanduser())
     model = data.get("model")
     if isinstance(model, dict) and (only is None or ("model", "name") in only):
         for key in ("name", "model_name"):
             value = model.get(key)
             if isinstance(value, str) and value.startswith((".", "~")) or (
                     isinstance(value, str) and not Path(value).is_absolute() and (base_dir / value).is_dir()):
-                model[key] = str((base_dir / Path(value).expanduser()).resolve())
+                model[key] = _absolute(base_dir / Path(value).expanduser())
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None) -> TrainingConfig:

@@ -27,6 +27,7 @@ VANISHED = "trainer process vanished without writing a final state (see train.lo
 # What `runs cancel --now` sends: the trainer stops at once, without saving a checkpoint. SIGTERM (and a
 # first SIGINT) always means "finish the step, save, stop", however often it arrives.
 STOP_NOW_SIGNAL = signal.SIGUSR1
+EXIT_PATIENCE = 30.0  # seconds a relaunch waits for a finished run's trainer to exit
 
 
 class LaunchRefused(Exception):
@@ -154,7 +155,14 @@ def launch_training(run_dir: Path, *, resume_from: str | None = None, max_steps:
     (run_lock.RunLocked). `max_steps` extends a finished run's schedule ("train N more steps").
     """
     run_dir = Path(run_dir)
-    fd = run_lock.take_retrying(run_dir, role="launcher")
+
+    def exiting(holder: dict[str, Any]) -> bool:
+        # The trainer that wrote the run's final state, still tearing down: it lets go in seconds.
+        ended = read_status(run_dir)
+        return (ended is not None and ended.finished and holder.get("role") == "trainer"
+                and holder.get("pid") == ended.pid)
+
+    fd = run_lock.take_retrying(run_dir, exiting=exiting, patience=EXIT_PATIENCE, role="launcher")
     try:
         status, problem = load_status(run_dir)
         if problem is not None:

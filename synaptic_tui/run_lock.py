@@ -15,7 +15,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 LOCK_NAME = "run.lock"
 # The trainer finds the locked file it inherited from the launcher under this descriptor number.
@@ -42,7 +42,8 @@ def holder(run_dir: Path) -> dict[str, Any]:
 def _locked_message(run_dir: Path) -> str:
     who = holder(run_dir)
     pid, host, since = who.get("pid"), who.get("host"), who.get("since")
-    parts = [f"pid {pid}" if isinstance(pid, int) else None, f"on {host}" if isinstance(host, str) else None,
+    role = "a launcher starting its trainer" if who.get("role") == "launcher" else "trainer"
+    parts = [f"{role} pid {pid}" if isinstance(pid, int) else None, f"on {host}" if isinstance(host, str) else None,
              f"since {since}" if isinstance(since, str) else None]
     described = " ".join(p for p in parts if p)
     return (f"{Path(run_dir).name} already has a trainer" + (f" ({described})" if described else "")
@@ -119,19 +120,27 @@ def held(run_dir: Path) -> bool | None:
     return False
 
 
-def take_retrying(run_dir: Path, attempts: int = 5, **info: Any) -> int:
-    """`take`, tolerant of a reader's momentary probe (`held`), never of a real holder."""
+def take_retrying(run_dir: Path, attempts: int = 5, exiting: Callable[[dict[str, Any]], bool] | None = None,
+                  patience: float = 30.0, **info: Any) -> int:
+    """`take`, tolerant of a reader's momentary probe (`held`), never of a real holder, except one that
+    `exiting(holder)` says is on its way out (a trainer that wrote its final state): that one is
+    waited for, up to `patience` seconds."""
     import time
 
-    for attempt in range(attempts):
+    deadline = time.monotonic() + patience
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return take(run_dir, **info)
         except RunLocked:
             # A trainer's lock is held for seconds at least; a probe for microseconds.
-            if attempt == attempts - 1 or _holder_alive(run_dir):
+            if attempt < attempts and not _holder_alive(run_dir):
+                time.sleep(0.02)
+                continue
+            if exiting is None or time.monotonic() >= deadline or not exiting(holder(run_dir)):
                 raise
-            time.sleep(0.02)
-    raise AssertionError("unreachable")
+            time.sleep(0.2)
 
 
 def _holder_alive(run_dir: Path) -> bool:

@@ -337,6 +337,7 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
                       exit_code=EXIT_OK if cancelled else EXIT_FAILED, error=None if cancelled else tail[-4000:])
         writer.close()
         if cancelled:
+            print(f"[synaptic] {exc or 'interrupted'}; run cancelled: {writer.run_dir}", flush=True)
             return EXIT_OK
         traceback.print_exception(exc)
         return EXIT_FAILED
@@ -364,6 +365,29 @@ def load_datasets(writer: RunWriter, method: str):
     return split(to_dataset(rows, method), float(dataset.get("test_size") or 0), seed)
 
 
+def _learning_rate_from_schedule():
+    """A callback that sets the resumed optimizer's learning rate from the schedule now in force.
+
+    The optimizer state in a checkpoint keeps the rate its old schedule last set: 0 at the end of a
+    finished run. Extended by `runs resume --steps N`, the first resumed step would be taken at that 0
+    before the scheduler's next step corrected it.
+    """
+    from transformers import TrainerCallback
+
+    class LearningRateFromSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if optimizer is None or not lambdas:
+                return
+            for group, rate, base in zip(optimizer.param_groups, lambdas, scheduler.base_lrs):
+                group["lr"] = base * rate(scheduler.last_epoch)
+            # What get_last_lr() reports, and so what the first resumed step logs (torch keeps no setter).
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    return LearningRateFromSchedule()
+
+
 def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: str | None) -> None:
     """Train (resuming from a checkpoint if asked) and save the final adapter unless stopped early."""
     resume = str(writer.checkpoints_dir / resume_from) if resume_from else None
@@ -375,6 +399,7 @@ def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: s
             raise RuntimeError(f"{resume_from} is at step {done} of max_steps {total}: nothing left to train "
                                "(resume with `--steps N` to train N more steps)")
         print(f"[synaptic] resumed from {resume_from}: weights, optimizer, scheduler and RNG state", flush=True)
+        trainer.add_callback(_learning_rate_from_schedule())
     trainer.train(resume_from_checkpoint=resume)
     if not stop.requested:
         trainer.save_model(str(writer.final_dir))

@@ -119,6 +119,8 @@ class RunScreen(Screen):
     # --- following the run directory --------------------------------------------------
 
     def refresh_files(self) -> None:
+        if not self._showing():
+            return
         update = self.log_tail.poll()
         log = self.query_one(Log)
         if update.reset:  # a rotated or rewritten log: show it afresh
@@ -148,9 +150,15 @@ class RunScreen(Screen):
             self._records_shown = self.metrics.records
             self.query_one(Curves).show(self.metrics.series)
 
+    def _showing(self) -> bool:
+        """False once the screen is being closed: a file event or a queued refresh may still arrive then."""
+        return self.is_attached and self.is_mounted and bool(self.query(Log))
+
     def refresh_status(self) -> None:
         from synaptic_tui.jobs import reconcile
 
+        if not self._showing():
+            return
         run = load_run(self.run_dir)
         if run is None:
             return
