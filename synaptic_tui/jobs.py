@@ -157,10 +157,11 @@ def launch_training(run_dir: Path, *, resume_from: str | None = None, max_steps:
     run_dir = Path(run_dir)
 
     def exiting(holder: dict[str, Any]) -> bool:
-        # The trainer that wrote the run's final state, still tearing down: it lets go in seconds.
-        ended = read_status(run_dir)
-        return (ended is not None and ended.finished and holder.get("role") == "trainer"
-                and holder.get("pid") == ended.pid)
+        # The process launched for the run's last trainer (or its accelerate launcher), which wrote the
+        # final state and is tearing down: it lets go in seconds. A new trainer queues the run first.
+        ended, record = read_status(run_dir), read_launch(run_dir)
+        return (ended is not None and ended.finished and record is not None and holder.get("role") == "trainer"
+                and holder.get("pid") == record.pid)
 
     fd = run_lock.take_retrying(run_dir, exiting=exiting, patience=EXIT_PATIENCE, role="launcher")
     try:

@@ -234,9 +234,15 @@ class RunMetrics:
         return {**merged, **own}
 
     def steps_per_second(self, window: int = 20) -> float | None:
-        """Training speed over the last `window` timed records: a pause (cancel, then resume hours later)
-        leaves the rate once the window has moved past it, unlike an average over the whole run."""
+        """Training speed over the last `window` timed records since the last pause: a cancel, then a
+        resume hours later, never counts the hours as training (the rate waits for two new records)."""
         timed = [(step, r["time"]) for step, r in list(self.recent)[-window:] if _finite(r.get("time"))]
+        gaps = [later[1] - earlier[1] for earlier, later in zip(timed, timed[1:])]
+        if len(gaps) >= 2:
+            longest = max(range(len(gaps)), key=gaps.__getitem__)
+            others = sorted(g for i, g in enumerate(gaps) if i != longest)
+            if gaps[longest] > 10 * max(others[len(others) // 2], 1e-3):
+                timed = timed[longest + 1:]
         if len(timed) < 2 or timed[-1][1] <= timed[0][1] or timed[-1][0] <= timed[0][0]:
             return None
         rate = (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])

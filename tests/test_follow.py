@@ -126,8 +126,12 @@ def test_steps_per_second_follows_the_recent_pace_not_the_whole_run():
     metrics = RunMetrics("sft")
     metrics.add({"step": s, "time": 100.0 + s} for s in range(1, 51))  # 1 step/s
     assert metrics.steps_per_second() == 1.0
-    # Cancelled at 50, resumed an hour later at 4 steps/s: the pause drops out of the window.
-    metrics.add({"step": 50 + s, "time": 3750.0 + s / 4} for s in range(1, 41))
+    # Cancelled at 50, resumed an hour later at 4 steps/s: the pause is never counted as training.
+    metrics.add([{"step": 51, "time": 3750.25}])
+    assert metrics.steps_per_second() is None  # one record since the pause: no rate yet, not 0.0003
+    metrics.add({"step": 51 + s, "time": 3750.25 + s / 4} for s in range(1, 5))
+    assert metrics.steps_per_second() == 4.0
+    metrics.add({"step": 55 + s, "time": 3751.25 + s / 4} for s in range(1, 41))
     assert metrics.steps_per_second() == 4.0
 
 
