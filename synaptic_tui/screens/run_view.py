@@ -18,6 +18,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Log, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
@@ -119,8 +120,12 @@ class RunScreen(Screen):
     # --- following the run directory --------------------------------------------------
 
     def refresh_files(self) -> None:
-        if not self._showing():
-            return
+        try:
+            self._refresh_files()
+        except NoMatches:
+            pass  # the screen is closing: a file event or a queued refresh found its widgets gone
+
+    def _refresh_files(self) -> None:
         update = self.log_tail.poll()
         log = self.query_one(Log)
         if update.reset:  # a rotated or rewritten log: show it afresh
@@ -150,15 +155,15 @@ class RunScreen(Screen):
             self._records_shown = self.metrics.records
             self.query_one(Curves).show(self.metrics.series)
 
-    def _showing(self) -> bool:
-        """False once the screen is being closed: a file event or a queued refresh may still arrive then."""
-        return self.is_attached and self.is_mounted and bool(self.query(Log))
-
     def refresh_status(self) -> None:
+        try:
+            self._refresh_status()
+        except NoMatches:
+            pass  # the screen is closing
+
+    def _refresh_status(self) -> None:
         from synaptic_tui.jobs import reconcile
 
-        if not self._showing():
-            return
         run = load_run(self.run_dir)
         if run is None:
             return
