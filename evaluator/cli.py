@@ -64,11 +64,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most tokens per answer (Ollama num_predict)")
     parser.add_argument("--no-stream", action="store_true", help="ask for whole responses instead of streams")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait on a silent server (default 120)")
+    parser.add_argument("--case-timeout", type=float, metavar="S",
+                        help="wall-clock seconds one case may take, retries included (default: --timeout plus "
+                             "half a second per token of --max-tokens, 1024 if unset)")
     parser.add_argument("--retries", type=int, default=3, help="retries on connect errors and 5xx (default 3)")
     parser.add_argument("--run", metavar="RUN", help="file the eval under this training run (runs/<id>/evals/)")
     parser.add_argument("--evals-dir", metavar="DIR", help="where standalone evals go (default: $SYNAPTIC_EVALS_DIR, "
                                                            "else ./evals)")
     parser.add_argument("--resume", metavar="EVAL", help="finish an interrupted eval (id, prefix or path)")
+    parser.add_argument("--retry-errors", choices=["transient", "all", "none"], default="transient",
+                        help="on --resume, which errored cases to ask again: transient ones (connect, timeout, "
+                             "deadline, HTTP 5xx/429; the default), all, or none")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two evals: flips and per-tag deltas")
     parser.add_argument("--tools", metavar="FILE", dest="tools_file",
                         help="an OpenAI function list: offered to cases that list no tools, arguments checked "
@@ -219,15 +225,29 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
     if args.compare:
         return _compare(args, roots)
     if args.resume:
+        import os
+
+        from evaluator.runner import URL_ENV
+        from synaptic_tui.redact import MASK
+
         eval_dir = find_eval(args.resume, roots)
         settings = load_eval(eval_dir).settings
         _resume_settings_check(args, settings)
-        if args.url:
-            settings.url = args.url
+        url = args.url or os.environ.get(URL_ENV)
+        if url:
+            settings.url = url
+        elif MASK in settings.url:
+            raise EvalUsageError(f"the URL of {eval_dir.name} had credentials, which are never stored "
+                                 f"({settings.url}); pass --url again to resume it")
         if args.concurrency:
             settings.concurrency = args.concurrency
         if args.judge_url:
             settings.judge_url = args.judge_url  # the judge moved; its model stays the eval's
+        elif settings.judge_url and MASK in settings.judge_url:
+            raise EvalUsageError(f"the judge URL of {eval_dir.name} had credentials, which are never stored "
+                                 f"({settings.judge_url}); pass --judge-url again to resume it")
+        if args.case_timeout:
+            settings.case_timeout = args.case_timeout
     else:
         missing = [flag for flag, value in (("--model", args.model), ("--prompt-set", args.prompt_set)) if not value]
         if missing:
@@ -247,7 +267,7 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
                                 limit=args.limit, shuffle=args.shuffle, seed=args.seed,
                                 temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                 stream=not args.no_stream, concurrency=args.concurrency or 4,
-                                timeout=args.timeout, retries=args.retries,
+                                timeout=args.timeout, retries=args.retries, case_timeout=args.case_timeout,
                                 run_id=roots[0].parent.name if args.run else None,
                                 **_scoring_options(args, prompt_set))
         if not settings.case_ids:
@@ -261,11 +281,15 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
         for warning in await preflight(settings):
             print(f"{prog}: warning: {warning}", file=sys.stderr)
         if eval_dir is None:
-            eval_dir = create_eval(settings, roots[0])
+            try:
+                eval_dir = create_eval(settings, roots[0])
+            except OSError as exc:
+                raise EvalUsageError(f"cannot write the eval under {roots[0]}: {exc.strerror or exc}") from None
         if not args.json:
             print(f"eval {eval_dir.name} -> {eval_dir}", file=sys.stderr)
         summary = await run_eval(eval_dir, on_start=progress.start, on_result=progress.result,
-                                 concurrency=settings.concurrency, url=settings.url)
+                                 concurrency=settings.concurrency, url=settings.url,
+                                 retry_errors=args.retry_errors if args.resume else "none")
         return eval_dir, summary
 
     try:
@@ -274,6 +298,11 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         if eval_dir is not None:  # a resumed (or app-launched) eval: say why it stopped where the app looks
             mark_eval_failed(eval_dir, str(exc))
+        return EXIT_FAILED
+    except OSError as exc:  # results.jsonl or eval.json could not be written (a full disk)
+        progress.end()
+        print(f"{prog}: could not write the eval's files: {exc.strerror or exc} ({exc.filename or eval_dir}); "
+              "the cases already written are kept, resume it later", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         progress.end()
@@ -288,7 +317,10 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
     else:
         _print_summary(summary, eval_dir)
     if summary["total"] and summary["errors"] == summary["total"]:
-        print(f"{prog}: no case got an answer from {settings.url} (see {eval_dir / 'report.md'})", file=sys.stderr)
+        from synaptic_tui.redact import redact_url
+
+        print(f"{prog}: no case got an answer from {redact_url(settings.url)} (see {eval_dir / 'report.md'})",
+              file=sys.stderr)
         return EXIT_FAILED
     if args.fail_under is not None:
         from evaluator.report import _pct

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from synaptic_tui.redact import redact_text
+
 OLLAMA_URL = "http://127.0.0.1:11434"
 OPENAI_URL = "http://127.0.0.1:1234/v1"
 BACKENDS = ("ollama", "openai")
@@ -28,7 +30,8 @@ class BackendError(Exception):
     """A request that failed; `kind` is connect | timeout | http | malformed | truncated | server."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, retryable: bool = False):
-        super().__init__(message)
+        # Messages quote the URL they failed on, and land in results.jsonl and reports: never its credentials.
+        super().__init__(redact_text(message))
         self.kind = kind
         self.status = status
         self.retryable = retryable

@@ -24,10 +24,19 @@ from evaluator.behavior import overall_verdict, part_verdict, score_behavior
 from evaluator.prompts import Case, PromptSet, load_prompt_set, load_tools_file, select_cases
 from evaluator.report import render_report
 from evaluator.scoring import FAIL, aggregate, combine_tries, score_case
+from synaptic_tui.redact import MASK, redact_text, redact_url
 from synaptic_tui.runs import atomic_write_text, slugify, utc_now
 
 EVALS_ENV = "SYNAPTIC_EVALS_DIR"
+# The real URL of an eval the app launches detached, when it has credentials (they are never stored).
+URL_ENV = "SYNAPTIC_EVAL_URL"
 DEFAULT_CONCURRENCY = 4
+# A per-case deadline covers the whole answer (and its retries): a server trickling a token a second never
+# trips the per-read timeout. Derived from max tokens, assuming at least this many tokens a second.
+SLOWEST_TOKENS_PER_SECOND = 2.0
+ASSUMED_MAX_TOKENS = 1024  # when max tokens is left to the server
+# Errors worth asking again on resume: the server was down, slow or overloaded, not the answer wrong.
+TRANSIENT_KINDS = ("connect", "timeout", "truncated", "deadline")
 
 
 class EvalCannotRun(Exception):
@@ -53,6 +62,7 @@ class EvalSettings:
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = 120.0
     retries: int = 3
+    case_timeout: float | None = None  # seconds for one case, retries included; None: derived (case_deadline)
     run_id: str | None = None
     checkpoint: str | None = None  # the run's checkpoint the served model was exported from, when known
     tools_file: str | None = None  # --tools: offered to cases that list none, and their arguments checked
@@ -67,6 +77,29 @@ class EvalSettings:
     def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def case_deadline(self) -> float:
+        """Wall-clock seconds one case may take: --case-timeout, else the silent-server timeout plus the
+        time max tokens take at the slowest pace a server is waited for."""
+        if self.case_timeout:
+            return float(self.case_timeout)
+        return float(self.timeout) + (self.max_tokens or ASSUMED_MAX_TOKENS) / SLOWEST_TOKENS_PER_SECOND
+
+    def stored(self) -> dict[str, Any]:
+        """The settings as eval.json keeps them: the URL without credentials."""
+        return {**asdict(self), "url": redact_url(self.url),
+                "judge_url": redact_url(self.judge_url) if self.judge_url else None}
+
+
+def is_transient(record: dict[str, Any]) -> bool:
+    """A case that failed on the way (server down, slow, overloaded), not on its answer."""
+    error = record.get("error")
+    if not isinstance(error, dict):
+        return False
+    status = error.get("status")
+    return error.get("kind") in TRANSIENT_KINDS or (
+        error.get("kind") == "http" and isinstance(status, int) and (status >= 500 or status == 429))
 
 
 @dataclass
@@ -137,6 +170,11 @@ def _drop_partial_line(path: Path) -> None:
 
 
 def _write_meta(eval_dir: Path, meta: dict[str, Any]) -> None:
+    settings = meta.get("settings")
+    if isinstance(settings, dict) and isinstance(settings.get("url"), str):
+        meta = {**meta, "settings": {**settings, "url": redact_url(settings["url"])}}
+    if isinstance(meta.get("error"), str):
+        meta = {**meta, "error": redact_text(meta["error"])}
     atomic_write_text(eval_dir / "eval.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -211,6 +249,9 @@ def find_eval(ref: str, roots: list[Path]) -> Path:
 
 
 def _client_for(settings: EvalSettings) -> OllamaClient | OpenAIClient:
+    if MASK in settings.url:
+        raise EvalCannotRun(f"the URL of this eval had credentials, which are never stored ({settings.url}); "
+                            "pass --url again to resume it")
     return make_client(settings.backend, settings.url, timeout=settings.timeout, retries=settings.retries,
                        max_connections=max(settings.concurrency, 1))
 
@@ -225,8 +266,9 @@ async def preflight(settings: EvalSettings, client: OllamaClient | OpenAIClient 
         if own:
             await client.aclose()
     name = "Ollama" if settings.backend == "ollama" else "the OpenAI-compatible server"
+    shown = redact_url(settings.url)
     if not reach.reachable:
-        raise EvalCannotRun(f"{name} is not reachable at {settings.url}: {reach.error}\n"
+        raise EvalCannotRun(f"{name} is not reachable at {shown}: {reach.error}\n"
                             f"  {start_hint(settings.backend)}")
     if reach.models is None:
         return [f"could not read the model list ({reach.error}); trying model {settings.model!r} anyway"]
@@ -235,7 +277,7 @@ async def preflight(settings: EvalSettings, client: OllamaClient | OpenAIClient 
     ):
         listed = ", ".join(reach.models[:10]) or "none"
         hint = f"; `ollama pull {settings.model}`" if settings.backend == "ollama" else ""
-        raise EvalCannotRun(f"model {settings.model!r} is not served at {settings.url} (it lists: {listed}){hint}")
+        raise EvalCannotRun(f"model {settings.model!r} is not served at {shown} (it lists: {listed}){hint}")
     return await _judge_preflight(settings)
 
 
@@ -243,17 +285,19 @@ async def _judge_preflight(settings: EvalSettings) -> list[str]:
     if not settings.judge_model:
         return []
     client = _judge_client(settings)
+    judge_shown = redact_url(settings.judge_url)
     try:
         reach = await client.check()
     finally:
         await client.aclose()
     if not reach.reachable:
-        raise EvalCannotRun(f"the judge is not reachable at {settings.judge_url}: {reach.error}")
+        raise EvalCannotRun(f"the judge is not reachable at {judge_shown}: {redact_text(str(reach.error))}")
     if reach.models is None:
-        return [f"could not read the judge's model list ({reach.error}); trying {settings.judge_model!r} anyway"]
+        return [f"could not read the judge's model list ({redact_text(str(reach.error))}); trying "
+                f"{settings.judge_model!r} anyway"]
     if settings.judge_model not in reach.models:
         listed = ", ".join(reach.models[:10]) or "none"
-        raise EvalCannotRun(f"judge model {settings.judge_model!r} is not served at {settings.judge_url} "
+        raise EvalCannotRun(f"judge model {settings.judge_model!r} is not served at {judge_shown} "
                             f"(it lists: {listed})")
     return []
 
@@ -291,7 +335,7 @@ def create_eval(settings: EvalSettings, root: Path) -> Path:
             continue
     else:
         raise RuntimeError(f"no free eval id under {root} for {base}")
-    _write_meta(path, {"eval_id": path.name, "state": "running", "settings": asdict(settings),
+    _write_meta(path, {"eval_id": path.name, "state": "running", "settings": settings.stored(),
                        "started_at": utc_now(), "ended_at": None})
     return path
 
@@ -321,17 +365,23 @@ async def run_case(client: OllamaClient | OpenAIClient, settings: EvalSettings, 
     }
     offered = None if settings.no_tools else (case.tools or tools or None)
     started = time.perf_counter()
+    deadline = settings.case_deadline
     try:
-        result = await client.chat(settings.model, case.messages(), offered,
-                                   temperature=settings.temperature, top_p=settings.top_p,
-                                   max_tokens=settings.max_tokens, stream=settings.stream)
-    except BackendError as exc:
+        result = await asyncio.wait_for(
+            client.chat(settings.model, case.messages(), offered, temperature=settings.temperature,
+                        top_p=settings.top_p, max_tokens=settings.max_tokens, stream=settings.stream), deadline)
+    except (BackendError, asyncio.TimeoutError) as exc:
+        if isinstance(exc, BackendError):
+            error = {"kind": exc.kind, "message": str(exc), "status": exc.status}
+        else:
+            error = {"kind": "deadline", "status": None,
+                     "message": f"no complete answer within the case deadline of {deadline:g} s (--case-timeout)"}
         # No answer fails every part the case asks for; it never counts as not scored.
-        record.update(response=None, raw=None, calls=[], checks=[], behavior=[], passed=False, reasons=[str(exc)],
-                      verdict=FAIL, tool_verdict=FAIL if asks_tool_calls(case) else None,
+        record.update(response=None, raw=None, calls=[], checks=[], behavior=[], passed=False,
+                      reasons=[error["message"]], verdict=FAIL,
+                      tool_verdict=FAIL if asks_tool_calls(case) else None,
                       behavior_verdict=FAIL if asks_behavior(case) else None,
-                      error={"kind": exc.kind, "message": str(exc), "status": exc.status},
-                      latency_s=round(time.perf_counter() - started, 4))
+                      error=error, latency_s=round(time.perf_counter() - started, 4))
         return record
     score = score_case(case, result.content, result.tool_calls, tools=tools, format=settings.tool_format)
     behaviour = [c.to_dict() for c in await score_behavior(case, score.response, judge)]
@@ -391,12 +441,12 @@ def finish_eval(eval_dir: Path, meta: dict[str, Any] | None = None) -> dict[str,
     order = {case_id: i for i, case_id in enumerate(settings.case_ids)}
     results = sorted(read_results(eval_dir), key=lambda r: (order.get(str(r["id"]), len(order)), r.get("try", 1)))
     summary = aggregate(results)
-    summary.update(eval_id=eval_dir.name, backend=settings.backend, url=settings.url, model=settings.model,
+    summary.update(eval_id=eval_dir.name, backend=settings.backend, url=redact_url(settings.url), model=settings.model,
                    prompt_set=settings.prompt_set, planned=len(settings.case_ids) * max(settings.repeats, 1),
                    started_at=meta.get("started_at"), ended_at=meta.get("ended_at"),
                    tools_file=settings.tools_file, no_tools=settings.no_tools)
     if settings.judge_model:
-        summary["judge"].update(model=settings.judge_model, url=settings.judge_url)
+        summary["judge"].update(model=settings.judge_model, url=redact_url(settings.judge_url))
     atomic_write_text(eval_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(eval_dir / "report.md", render_report(summary, results))
     return summary
@@ -405,12 +455,15 @@ def finish_eval(eval_dir: Path, meta: dict[str, Any] | None = None) -> dict[str,
 async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]], None] | None = None,
                    on_start: Callable[[int, int], None] | None = None,
                    client: OllamaClient | OpenAIClient | None = None, concurrency: int | None = None,
-                   url: str | None = None) -> dict[str, Any]:
-    """Run (or finish) the eval in `eval_dir`: only cases missing from results.jsonl are asked.
+                   url: str | None = None, retry_errors: str = "transient") -> dict[str, Any]:
+    """Run (or finish) the eval in `eval_dir`: only cases missing from results.jsonl are asked, and
+    those that errored (`retry_errors`: "transient" ones, "all", or "none"). A retried case's new
+    record is appended; the last record of a case is its result.
 
     `on_start(done, total)` is called once the work is known, `on_result(record)` as each
     case finishes (records are already on disk by then). Returns the summary. Cancelling
-    the task leaves the eval `interrupted`, ready to resume.
+    the task leaves the eval `interrupted`, ready to resume. `url` is the server's real URL
+    (eval.json keeps it without credentials).
     """
     eval_dir = Path(eval_dir)
     meta = _read_json(eval_dir / "eval.json")
@@ -425,13 +478,13 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
     tools = _tools_for(settings)
     results_path = eval_dir / "results.jsonl"
     _drop_partial_line(results_path)
-    done = {record_key(r["id"], r.get("try")) for r in read_results(eval_dir)}
+    done = {record_key(r["id"], r.get("try")) for r in read_results(eval_dir) if not _retry(r, retry_errors)}
     tries = range(1, max(settings.repeats, 1) + 1)
     todo = [(c, n) for c in cases for n in tries if record_key(c.id, n) not in done]
 
     from synaptic_tui.jobs import process_start_marker
 
-    meta.update(state="running", settings=asdict(settings), pid=os.getpid(), host=socket.gethostname(),
+    meta.update(state="running", settings=settings.stored(), pid=os.getpid(), host=socket.gethostname(),
                 start_marker=process_start_marker(os.getpid()), ended_at=None, error=None)
     _write_meta(eval_dir, meta)
     if on_start:
@@ -470,7 +523,7 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
         _write_meta(eval_dir, meta)
         raise
     except BaseException as exc:
-        meta.update(state="failed", ended_at=utc_now(), error=f"{type(exc).__name__}: {exc}")
+        meta.update(state="failed", ended_at=utc_now(), error=f"{type(exc).__name__}: {redact_text(str(exc))}")
         _write_meta(eval_dir, meta)
         raise
     finally:
@@ -482,6 +535,12 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
     summary = finish_eval(eval_dir, meta)
     _write_meta(eval_dir, meta)
     return summary
+
+
+def _retry(record: dict[str, Any], which: str) -> bool:
+    if not record.get("error") or which == "none":
+        return False
+    return which == "all" or is_transient(record)
 
 
 # --- comparing -------------------------------------------------------------------

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("run", metavar="RUN", help="run id, unique prefix, or path")
         if name == "resume":
             action.add_argument("--from", dest="from_checkpoint", metavar="CHECKPOINT", help="checkpoint-N (default: the last)")
+            action.add_argument("--steps", dest="more_steps", type=int, metavar="N",
+                                help="train N more steps from the checkpoint (extends a finished run's schedule)")
+        if name == "cancel":
+            action.add_argument("--now", action="store_true",
+                                help="stop at once, without saving a checkpoint (the last saved one is kept)")
 
     export = sub.add_parser("export", help="export a checkpoint: LoRA, merged 16-bit/4-bit, GGUF")
     _add_common(export)
@@ -151,6 +156,7 @@ def run_tui(args: argparse.Namespace) -> int:
 def _run_summary(run: RunInfo) -> dict[str, Any]:
     status = run.status
     return {
+        **({"problem": run.problem} if run.problem else {}),
         "run_id": run.run_id,
         "path": str(run.path),
         "method": run.method,
@@ -176,20 +182,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if action == "resume":
         return resume(find_run(runs_dir, args.run), args)
     if action == "show":
+        from synaptic_tui.monitor import rank_run
+
         run = find_run(runs_dir, args.run)
         run.status = reconcile(run)
+        _warn_unsaved([run])
         data = _run_summary(run)
         data["error"] = run.status.error
         data["engine"] = run.status.engine
-        data["best_checkpoint"] = run.status.extra.get("best_checkpoint")
+        ranked = rank_run(run)
+        data["best_checkpoint"] = ranked.best
+        if ranked.diverged_at is not None:
+            data["diverged_at"] = ranked.diverged_at
         data["checkpoints"] = [{"name": c.name, "step": c.step, "path": str(c.path)} for c in run.checkpoints()]
         data["chat_template"] = run.status.extra.get("chat_template")
         data["health_warnings"] = run.status.extra.get("health_warnings") or []
         if args.json:
             _print_json(data)
             return EXIT_OK
-        for key in ("run_id", "path", "method", "platform", "engine", "model", "dataset", "state",
-                    "started_at", "ended_at", "best_checkpoint", "error"):
+        for key in ("run_id", "path", "method", "platform", "engine", "model", "dataset", "state", "problem",
+                    "started_at", "ended_at", "best_checkpoint", "diverged_at", "error"):
             if data.get(key) not in (None, ""):
                 print(f"{key:<15} {data[key]}")
         if isinstance(data["chat_template"], dict) and data["chat_template"].get("name"):
@@ -206,6 +218,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     runs = list_runs(runs_dir)
     for run in runs:
         run.status = reconcile(run)
+    _warn_unsaved(runs)
     if getattr(args, "state", None):
         runs = [r for r in runs if r.state == args.state]
     if getattr(args, "method", None):
@@ -223,45 +236,47 @@ def cmd_runs(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for run in runs:
+        if run.problem:
+            print(f"synaptic-tui: {run.run_id} cannot be read: {run.problem}", file=sys.stderr)
     return EXIT_OK
 
 
-def cancel(run: RunInfo, args: argparse.Namespace) -> int:
-    from synaptic_tui.jobs import cancel_run, reconcile
+def _warn_unsaved(runs: list[RunInfo]) -> None:
+    """A state worked out but not recorded (a full disk): said once, never raised."""
+    for run in runs:
+        if run.status.write_error:
+            print(f"synaptic-tui: warning: {run.status.write_error}", file=sys.stderr)
 
-    state = reconcile(run).state
-    if state not in ("queued", "running") or not cancel_run(run):
-        raise UsageError(f"{run.run_id} is not running (state: {state})")
+
+def cancel(run: RunInfo, args: argparse.Namespace) -> int:
+    from synaptic_tui.jobs import cancel_run
+
+    result = cancel_run(run, now=args.now)
+    if not result:
+        raise UsageError(result.message)
     if args.json:
-        _print_json({"run_id": run.run_id, "cancel": "requested"})
+        _print_json({"run_id": run.run_id, "cancel": "now" if args.now else result.outcome})
     else:
-        print(f"{run.run_id}: stop requested; the trainer finishes its step, saves a checkpoint and ends cancelled")
+        print(result.message)
     return EXIT_OK
 
 
 def resume(run: RunInfo, args: argparse.Namespace) -> int:
-    from synaptic_tui.jobs import launch_training, reconcile
+    from synaptic_tui.jobs import LaunchRefused, plan_resume, resume_run
+    from synaptic_tui.run_lock import RunLocked
 
-    if run.legacy:
-        raise UsageError(f"{run.run_id} is a legacy Synaptic Tuner run; it can be read but not resumed")
-    state = reconcile(run).state
-    if state in ("queued", "running"):
-        raise UsageError(f"{run.run_id} is still {state}; cancel it first")
-    checkpoints = [c for c in run.checkpoints() if not c.is_final]
-    if args.from_checkpoint:
-        if args.from_checkpoint not in {c.name for c in checkpoints}:
-            names = ", ".join(c.name for c in checkpoints) or "none"
-            raise UsageError(f"{run.run_id} has no {args.from_checkpoint} (checkpoints: {names})")
-        checkpoint = args.from_checkpoint
-    elif checkpoints:
-        checkpoint = checkpoints[-1].name
-    else:
-        raise UsageError(f"{run.run_id} has no checkpoint to resume from")
-    record = launch_training(run.path, resume_from=checkpoint)
+    try:
+        plan = plan_resume(run, args.from_checkpoint, args.more_steps)
+        record = resume_run(run, plan)
+    except (LaunchRefused, RunLocked) as exc:
+        raise UsageError(str(exc)) from None
+    more = f", training to step {plan.max_steps}" if plan.max_steps else ""
     if args.json:
-        _print_json({"run_id": run.run_id, "run_dir": str(run.path), "resumed_from": checkpoint, "pid": record.pid})
+        _print_json({"run_id": run.run_id, "run_dir": str(run.path), "resumed_from": plan.checkpoint,
+                     "max_steps": plan.max_steps, "pid": record.pid})
     else:
-        print(f"{run.run_id}: resumed from {checkpoint} (pid {record.pid})")
+        print(f"{run.run_id}: resumed from {plan.checkpoint}{more} (pid {record.pid})")
     return EXIT_OK
 
 
@@ -333,7 +348,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     method = str(config.get("method", "sft"))
     slug = (config.get("output") or {}).get("run_name") or slugify(str(config["model"]["name"]))
     run_dir = create_run(runs_dir, config, method, slug)
-    record = launch_training(run_dir)
+    try:
+        record = launch_training(run_dir)
+    except OSError as exc:
+        raise UsageError(f"could not start the trainer for {run_dir}: {exc}") from None
     if args.json:
         _print_json({"run_id": run_dir.name, "run_dir": str(run_dir), "pid": record.pid,
                      **({"auto_changes": [vars(c) for c in changes]} if changes else {})})
@@ -362,8 +380,9 @@ def wait_for_run(run_dir: Path, quiet: bool = False) -> int:
             run = load_run(run_dir)
             status = reconcile(run) if run else None
             for row in metrics.read_all():
-                if isinstance(row.get("loss"), (int, float)):
-                    loss = row["loss"]
+                value = row.get("loss")
+                if isinstance(value, float) or isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1e300:
+                    loss = float(value)
             if status is not None and not quiet:
                 now = time.monotonic()
                 step, total = status.step or 0, status.max_steps or 0
@@ -379,6 +398,9 @@ def wait_for_run(run_dir: Path, quiet: bool = False) -> int:
                 elif now - last_print >= 10 or status.finished:
                     print(line, file=sys.stderr, flush=True)
                     last_print = now
+            if run is not None and run.problem:
+                print(f"\n{run_dir.name} cannot be read: {run.problem}", file=sys.stderr)
+                return EXIT_FAILED
             if status is not None and status.finished:
                 if tty and not quiet:
                     print(file=sys.stderr)

@@ -11,19 +11,43 @@ are relative to the current directory. The original Synaptic Tuner's key names
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AliasChoices, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
+                      field_validator, model_validator)
+
 
 EXPORT_FORMATS = ("lora", "merged-16bit", "merged-4bit", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
 # Sections of the original tuner's YAML that we accept and ignore (reported, never an error).
 LEGACY_SECTIONS = ("logging", "wandb", "evaluation", "hub")
 REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def _finite_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number (got {str(value).lower()})")
+    try:
+        number = float(value) if isinstance(value, (str, int, float)) else None
+    except (ValueError, OverflowError):
+        number = None  # not a number at all: pydantic says so
+    if number is not None and not math.isfinite(number):
+        # Before the range checks, which would call nan "not > 0".
+        raise ValueError(f"must be a finite number (got {value!r})")
+    return value
+
+
+# Whole numbers only: `max_steps: true` is not 1 and `save_steps: 2.5` is not 2.
+Int = Annotated[int, Strict()]
+# Finite numbers only, never a bool: `.inf`, `nan` and `true` are not learning rates.
+Float = Annotated[float, BeforeValidator(_finite_number), AllowInfNan(False)]
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class Section(BaseModel):
@@ -36,7 +60,7 @@ def _alias(*names: str) -> Any:
 
 class ModelSection(Section):
     name: str = Field("demo", validation_alias=_alias("name", "model_name"))
-    max_seq_length: int = Field(1024, gt=0, validation_alias=_alias("max_seq_length", "max_length"))
+    max_seq_length: Int = Field(1024, gt=0, validation_alias=_alias("max_seq_length", "max_length"))
     # None: as the engine prefers it (Unsloth loads 4-bit, plain transformers full precision).
     load_in_4bit: bool | None = None
     dtype: str | None = None
@@ -64,23 +88,23 @@ class DatasetSection(Section):
     hub_name: str | None = Field(None, validation_alias=_alias("hub_name", "dataset_name"))
     use_local_file: bool = True
     format: Literal["auto", "messages", "sharegpt", "kto"] = "auto"
-    test_size: float = Field(0.0, ge=0, lt=1)
-    max_rows: int | None = Field(None, gt=0)
+    test_size: Float = Field(0.0, ge=0, lt=1)
+    max_rows: Int | None = Field(None, gt=0)
     split: str = "train"
 
 
 class LoraSection(Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0, validation_alias=_alias("alpha", "lora_alpha"))
-    dropout: float = Field(0.0, ge=0, lt=1, validation_alias=_alias("dropout", "lora_dropout"))
+    r: Int = Field(16, gt=0)
+    alpha: Int = Field(32, gt=0, validation_alias=_alias("alpha", "lora_alpha"))
+    dropout: Float = Field(0.0, ge=0, lt=1, validation_alias=_alias("dropout", "lora_dropout"))
     target_modules: str | list[str] = "all-linear"
     bias: Literal["none", "all", "lora_only"] = "none"
     use_dora: bool = False
     use_rslora: bool = False
     # MLX only: lora, dora (also via use_dora) or full (every weight trained, no adapter).
     fine_tune_type: Literal["lora", "dora", "full"] | None = None
-    num_layers: int = -1
-    random_state: int | None = None
+    num_layers: Int = -1
+    random_state: Int | None = None
     use_gradient_checkpointing: bool | Literal["unsloth"] | None = None
 
     @field_validator("num_layers")
@@ -92,35 +116,35 @@ class LoraSection(Section):
 
 
 class TrainingSection(Section):
-    learning_rate: float = Field(2e-4, gt=0)
-    num_train_epochs: float = Field(1.0, gt=0, validation_alias=_alias("num_train_epochs", "epochs"))
-    max_steps: int = -1
-    per_device_train_batch_size: int = Field(2, gt=0, validation_alias=_alias("per_device_train_batch_size", "batch_size"))
-    per_device_eval_batch_size: int = Field(2, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    warmup_steps: int = Field(0, ge=0)
+    learning_rate: Float = Field(2e-4, gt=0)
+    num_train_epochs: Float = Field(1.0, gt=0, validation_alias=_alias("num_train_epochs", "epochs"))
+    max_steps: Int = -1
+    per_device_train_batch_size: Int = Field(2, gt=0, validation_alias=_alias("per_device_train_batch_size", "batch_size"))
+    per_device_eval_batch_size: Int = Field(2, gt=0)
+    gradient_accumulation_steps: Int = Field(1, gt=0)
+    warmup_ratio: Float = Field(0.0, ge=0, lt=1)
+    warmup_steps: Int = Field(0, ge=0)
     lr_scheduler_type: str = "linear"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: Float = Field(0.0, ge=0)
+    max_grad_norm: Float = Field(1.0, gt=0)
     optim: str = "adamw_torch"
-    logging_steps: int = Field(1, gt=0)
-    save_steps: int = Field(50, gt=0)
-    eval_steps: int | None = Field(None, gt=0)
-    save_total_limit: int | None = Field(3, gt=0)
-    seed: int = 42
+    logging_steps: Int = Field(1, gt=0)
+    save_steps: Int = Field(50, gt=0)
+    eval_steps: Int | None = Field(None, gt=0)
+    save_total_limit: Int | None = Field(3, gt=0)
+    seed: Int = 42
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     completion_only_loss: bool = True
     # End the run `failed` when the loss or gradient norm stops being finite, or the gradient norm stays 0
     # for unhealthy_steps logged steps in a row (nothing is being learned), instead of burning GPU hours.
     stop_on_unhealthy: bool = True
-    unhealthy_steps: int = Field(3, gt=0)
-    num_processes: int = Field(1, gt=0)
+    unhealthy_steps: Int = Field(3, gt=0)
+    num_processes: Int = Field(1, gt=0)
     output_dir: str | None = None
-    beta: float = Field(0.1, gt=0)
-    desirable_weight: float = Field(1.0, gt=0)
-    undesirable_weight: float = Field(1.0, gt=0)
+    beta: Float = Field(0.1, gt=0)
+    desirable_weight: Float = Field(1.0, gt=0)
+    undesirable_weight: Float = Field(1.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -138,6 +162,14 @@ class TrainingSection(Section):
             if "precision" not in data:
                 data["precision"] = on[0] if on else "fp32" if len(flags) == 2 else "auto"
         return data
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _finite_in_training(cls, value: float) -> float:
+        # Training runs in 32-bit (or 16-bit) floats: 1e308 is finite here and infinite there.
+        if value > FLOAT32_MAX:
+            raise ValueError(f"must be a finite number ({value:g} is infinite as a 32-bit float)")
+        return value
 
     @field_validator("max_steps")
     @classmethod
@@ -182,15 +214,30 @@ def repo_id(value: str) -> str:
     return value
 
 
+def stored_url(value: str | None) -> str | None:
+    """A server URL as a config may hold it: credentials only as ${VAR} references (configs are stored)."""
+    from synaptic_tui.redact import literal_credentials, redact_url
+
+    if value is not None and literal_credentials(value):
+        raise ValueError(f"holds a credential ({redact_url(value)}); a config is stored with the run, so "
+                         "write it as an environment variable, e.g. http://user:${EVAL_TOKEN}@host/v1")
+    return value
+
+
 class EvalSection(Section):
     backend: Literal["ollama", "openai", "local"] = "ollama"
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return stored_url(value)
     model: str | None = None
     prompt_set: str | None = None
-    concurrency: int = Field(4, gt=0)
-    temperature: float = Field(0.0, ge=0)
+    concurrency: Int = Field(4, gt=0)
+    temperature: Float = Field(0.0, ge=0)
     tags: list[str] = []
-    limit: int | None = Field(None, gt=0)
+    limit: Int | None = Field(None, gt=0)
 
 
 class SelectStage(Section):
@@ -219,13 +266,18 @@ class UploadStage(Section):
 class EvalStage(Section):
     backend: Literal["ollama", "openai", "local"] = "local"
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return stored_url(value)
     model: str | None = None
     prompt_set: str | None = None
-    concurrency: int = Field(4, gt=0)
-    temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(256, gt=0)
+    concurrency: Int = Field(4, gt=0)
+    temperature: Float = Field(0.0, ge=0)
+    max_tokens: Int = Field(256, gt=0)
     tags: list[str] = []
-    limit: int | None = Field(None, gt=0)
+    limit: Int | None = Field(None, gt=0)
     baseline: bool = False  # also evaluate the base model, and compare
 
 
@@ -399,6 +451,25 @@ def _line_map(node: yaml.Node, path: tuple[str, ...] = (), lines: dict | None = 
     return lines
 
 
+def _duplicate_keys(node: yaml.Node, shown: str, path: tuple[str, ...] = ()) -> list[ConfigProblem]:
+    """Keys given twice in one mapping: YAML keeps the last silently, which hides a typo'd edit."""
+    problems: list[ConfigProblem] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in first and key != "<<":
+                problems.append(ConfigProblem(shown, line, ".".join((*path, key)),
+                                              f"given twice (first on line {first[key]}); keep one"))
+            first.setdefault(key, line)
+            problems += _duplicate_keys(value_node, shown, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += _duplicate_keys(item, shown, (*path, str(index)))
+    return problems
+
+
 def _read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -415,6 +486,9 @@ def _read_yaml(path: Path, shown: str) -> tuple[dict[str, Any], dict[tuple[str, 
         raise ConfigError([ConfigProblem(shown, mark.line + 1 if mark else None, "", f"YAML syntax: {problem}")]) from None
     if data is None:
         return {}, {}
+    duplicates = _duplicate_keys(node, shown)
+    if duplicates:
+        raise ConfigError(duplicates)
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(shown, 1, "", "the top level must be a mapping of sections (method:, model:, ...)")])
     return data, _line_map(node)
@@ -498,6 +572,8 @@ def _message(error: dict[str, Any], loc: tuple[str, ...]) -> str:
         return f"must be an integer (got {got!r})"
     if kind in ("float_parsing", "float_type"):
         return f"must be a number (got {got!r})"
+    if kind == "finite_number":
+        return f"must be a finite number (got {got!r})"
     if kind in ("bool_parsing", "bool_type"):
         return f"must be true or false (got {got!r})"
     if kind in ("string_type",):
@@ -568,6 +644,15 @@ PATH_FIELDS = (("dataset", "path"), ("eval", "prompt_set"), ("output", "runs_dir
 PATH_ALIASES = {("dataset", "path"): ("path", "local_file")}
 
 
+def _absolute(path: Path) -> str:
+    """The path made absolute, its symlinks resolved where they resolve (a symlink loop is left for the
+    check that reads the file to report, rather than crashing here)."""
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return os.path.abspath(path)
+
+
 def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str]] | None = None) -> None:
     """Make relative paths absolute against base_dir (the YAML file's directory, or the cwd for --set)."""
     for section, field in PATH_FIELDS:
@@ -578,7 +663,7 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
         for key in PATH_ALIASES.get((section, field), (field,)):
             value = data[section].get(key)
             if isinstance(value, str) and value:
-                data[section][key] = str((base_dir / Path(value).expanduser()).resolve())
+                data[section][key] = _absolute(base_dir / Path(value).expanduser())
     pipeline = data.get("pipeline")
     if isinstance(pipeline, dict) and only is None:
         for stage in ("sft", "kto"):
@@ -586,9 +671,9 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
                 resolve_paths(pipeline[stage], base_dir)
                 start = pipeline[stage].get("start_from")
                 if isinstance(start, str) and start != "sft" and (start.startswith((".", "~")) or (base_dir / start).is_dir()):
-                    pipeline[stage]["start_from"] = str((base_dir / Path(start).expanduser()).resolve())
+                    pipeline[stage]["start_from"] = _absolute(base_dir / Path(start).expanduser())
         if isinstance(pipeline.get("eval"), dict) and isinstance(pipeline["eval"].get("prompt_set"), str):
-            pipeline["eval"]["prompt_set"] = str((base_dir / Path(pipeline["eval"]["prompt_set"]).expanduser()).resolve())
+            pipeline["eval"]["prompt_set"] = _absolute(base_dir / Path(pipeline["eval"]["prompt_set"]).expanduser())
     model = data.get("model")
     template = model.get("chat_template") if isinstance(model, dict) else None
     if isinstance(template, str) and (only is None or ("model", "chat_template") in only):
@@ -601,7 +686,7 @@ def resolve_paths(data: dict[str, Any], base_dir: Path, only: set[tuple[str, str
             value = model.get(key)
             if isinstance(value, str) and value.startswith((".", "~")) or (
                     isinstance(value, str) and not Path(value).is_absolute() and (base_dir / value).is_dir()):
-                model[key] = str((base_dir / Path(value).expanduser()).resolve())
+                model[key] = _absolute(base_dir / Path(value).expanduser())
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None) -> TrainingConfig:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synaptic_tui.config import EXPORT_FORMATS
-from synaptic_tui.runs import RunInfo, read_status
+from synaptic_tui.runs import RunInfo
 
 GGUF_FORMATS = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-"))
 MERGED_FORMATS = ("merged-16bit", "merged-4bit")
@@ -75,26 +75,32 @@ def serve_hint(run_dir: Path, checkpoint: str) -> str:
 
 
 def resolve_checkpoint(run: RunInfo, wanted: str) -> str:
-    """best / final / checkpoint-N -> the name of an existing checkpoint directory of the run."""
-    checkpoints = run.checkpoints()
-    names = [c.name for c in checkpoints]
+    """best / final / checkpoint-N -> the name of an existing checkpoint directory of the run.
+
+    "best" is what the run view stars (monitor.rank_run). A checkpoint saved after the run diverged
+    (a non-finite loss or grad norm) is never best and is refused by name too.
+    """
+    from synaptic_tui.monitor import rank_run
+
+    if run.problem:
+        raise ExportError(f"{run.run_id} cannot be read ({run.problem})")
+    ranked = rank_run(run)
+    names = [row.name for row in ranked.rows]
     listed = ", ".join(names) or "none"
     if wanted == "best":
-        status = read_status(run.path)
-        best = status.extra.get("best_checkpoint") if status else None
-        if not best or best not in names:
-            from synaptic_tui.follow import JsonlFollower
-            from synaptic_tui.monitor import RunMetrics
-
-            metrics = RunMetrics(run.method)
-            if run.metrics_path is not None:
-                metrics.add(JsonlFollower(run.metrics_path).read_all())
-            _, best = metrics.checkpoint_rows(checkpoints)
-        if not best:
+        if not ranked.best:
+            if ranked.diverged_at is not None:
+                raise ExportError(f"{run.run_id} diverged at step {ranked.diverged_at} (its loss or grad norm is "
+                                  f"not a finite number) and no checkpoint before that can be ranked "
+                                  f"(checkpoints: {listed})")
             raise ExportError(f"{run.run_id} has no checkpoint to call best (checkpoints: {listed})")
-        return best
+        return ranked.best
     if wanted not in names:
         raise ExportError(f"{run.run_id} has no checkpoint {wanted!r} (checkpoints: {listed})")
+    row = next(r for r in ranked.rows if r.name == wanted)
+    if not row.healthy:
+        raise ExportError(f"{run.run_id}: {wanted} was saved after the run diverged at step {ranked.diverged_at} "
+                          "(its loss or grad norm is not a finite number): its weights are not usable")
     return wanted
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 READ_CHUNK = 1 << 20
+# A line longer than this is not a metrics record or a log line anyone reads: dropped, not buffered.
+MAX_LINE = 1 << 20
 
 
 @dataclass
@@ -32,25 +35,39 @@ class FileFollower:
         self.offset = 0
         self.partial = b""
         self.identity: tuple[int, int] | None = None  # (device, inode) of the file being read
+        self.too_long = 0  # lines over MAX_LINE, dropped
+        self._dropping = False  # inside a line over MAX_LINE: skip to its end
 
     def poll(self, max_bytes: int = READ_CHUNK) -> Update:
         update = Update()
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # Non-blocking: opening a FIFO put where the file should be would otherwise wait for a writer.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return update
         try:
-            stat = os.fstat(fd)
-            identity = (stat.st_dev, stat.st_ino)
-            if self.identity is not None and (identity != self.identity or stat.st_size < self.offset):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return update  # a directory, FIFO or device where the file should be: nothing to follow
+            identity = (info.st_dev, info.st_ino)
+            if self.identity is not None and (identity != self.identity or info.st_size < self.offset):
                 update.reset = True
-                self.offset, self.partial = 0, b""
+                self.offset, self.partial, self._dropping = 0, b"", False
             self.identity = identity
-            if self.offset < stat.st_size:
-                chunk = os.pread(fd, min(max_bytes, stat.st_size - self.offset), self.offset)
+            if self.offset < info.st_size:
+                try:
+                    chunk = os.pread(fd, min(max_bytes, info.st_size - self.offset), self.offset)
+                except OSError:
+                    return update
                 self.offset += len(chunk)
-                update.more = self.offset < stat.st_size
+                update.more = self.offset < info.st_size
                 *complete, self.partial = (self.partial + chunk).split(b"\n")
+                if self._dropping and complete:
+                    complete, self._dropping = complete[1:], False  # the end of the overlong line
+                if self._dropping or len(self.partial) > MAX_LINE:
+                    if not self._dropping:
+                        self.too_long += 1
+                    self.partial, self._dropping = b"", True
                 update.lines = [line.decode("utf-8", "replace").rstrip("\r") for line in complete]
         finally:
             os.close(fd)
@@ -75,7 +92,7 @@ class JsonlFollower(FileFollower):
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.skipped += 1
                 continue
             if isinstance(record, dict):

@@ -16,6 +16,16 @@ from synaptic_tui.runs import RunInfo, read_run_config
 LIBRARY = {"lora": "peft", "merged-16bit": "transformers", "merged-4bit": "transformers"}
 
 
+def local_base_warning(run: RunInfo) -> str | None:
+    """A card naming a local path as its base model credits nothing on the Hub and shows a path of this
+    machine to everyone who reads it: said in the upload preview, before anything is uploaded."""
+    base = str((read_run_config(run.path).get("model") or {}).get("name") or run.model)
+    if not base or _hub_id(base) is not None:
+        return None
+    return (f"the base model is a local path ({base}): the card cannot link it on the Hub and shows that "
+            "path to its readers; set model.name in the run's config to the Hub id it came from (owner/name)")
+
+
 def _hub_id(name: str) -> str | None:
     """A Hub model id (owner/name), or None for a local path the Hub would not know."""
     if not name or Path(name).expanduser().exists() or name.startswith(("/", ".", "~")):
@@ -85,6 +95,11 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
         datasets=[dataset["hub_name"]] if dataset.get("hub_name") else None, license=config.get("license"),
     )
     curves = curve_summary(run)
+    from synaptic_tui.monitor import rank_run
+
+    ranked = rank_run(run)
+    best = ranked.score_of(checkpoint) if checkpoint == ranked.best else None
+    checkpoint_cell = checkpoint + (f" (the run's best by {best['metric']} {_fmt(best['value'])})" if best else "")
     lines = [
         f"# {repo_id.split('/')[-1]}", "",
         f"A {run.method.upper()} fine-tune of `{base}` with a LoRA adapter, trained with synaptic-tui "
@@ -94,7 +109,7 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
         f"| method | {run.method} |",
         f"| base model | `{base}` |",
         f"| dataset | `{dataset.get('hub_name') or Path(str(dataset.get('path') or run.dataset)).name}` |",
-        f"| checkpoint | {checkpoint} |",
+        f"| checkpoint | {checkpoint_cell} |",
         f"| steps | {curves['steps']} |",
     ]
     for key in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs",

@@ -239,7 +239,9 @@ class Runner:
         self.stopping = False
 
     def say(self, message: str) -> None:
-        print(f"[pipeline] {time.strftime('%H:%M:%S')} {message}", flush=True)
+        from synaptic_tui.redact import redact_text
+
+        print(f"[pipeline] {time.strftime('%H:%M:%S')} {redact_text(message)}", flush=True)
 
     def save(self) -> None:
         write_pipeline(self.dir, self.state)
@@ -282,6 +284,9 @@ class Runner:
         return 0
 
     def finish(self, stage: StageState, outcome: str, error: str) -> int:
+        from synaptic_tui.redact import redact_text
+
+        error = redact_text(error)
         stage.state, stage.ended_at, stage.error = outcome, utc_now(), error
         self.state.state, self.state.ended_at = outcome, utc_now()
         self.state.error = f"{stage.name}: {error}"
@@ -333,10 +338,20 @@ def train_stage(runner: Runner, stage: StageState) -> str:
         elif status is not None and status.state in ("queued", "running") and _alive(run_dir):
             runner.say(f"{stage.name}: following {run_dir.name}, still training")
         else:
+            from synaptic_tui.jobs import LaunchRefused, plan_resume, resume_run
+            from synaptic_tui.run_lock import RunLocked
+
             checkpoints = [c for c in run.checkpoints() if not c.is_final] if run else []
-            resume_from = checkpoints[-1].name if checkpoints else None
-            runner.say(f"{stage.name}: resuming {run_dir.name} from {resume_from or 'the start'}")
-            launch_training(run_dir, resume_from=resume_from)
+            try:
+                if checkpoints:
+                    plan = plan_resume(run)  # refuses a run with nothing left to train, or unreadable
+                    runner.say(f"{stage.name}: resuming {run_dir.name} from {plan.checkpoint}")
+                    resume_run(run, plan)
+                else:
+                    runner.say(f"{stage.name}: resuming {run_dir.name} from the start")
+                    launch_training(run_dir)
+            except (LaunchRefused, RunLocked) as exc:
+                raise StageFailed(str(exc)) from None
     else:
         model = None
         overrides = getattr(runner.config.pipeline, stage.name) or {}
@@ -517,6 +532,7 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
     from evaluator.prompts import load_prompt_set
     from evaluator.runner import create_eval, load_eval, new_settings
 
+    from synaptic_tui.redact import redact_url
     from synaptic_tui.serving import ServerFailed, llama_cpp_server, mlx_server
 
     ev = runner.config.pipeline.eval
@@ -551,11 +567,17 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
             runner.save()
         summary = _run_eval_until_stopped(runner, eval_dir, url=url)
         if summary.get("total") and summary.get("errors") == summary["total"]:
-            raise StageFailed(f"no case got an answer from {url} (see {eval_dir / 'report.md'})")
+            raise StageFailed(f"no case got an answer from {redact_url(url)} (see {eval_dir / 'report.md'})")
         return summary
 
     if ev.backend != "local":
-        return run(ev.url or runner.config.eval.url or default_url(backend), ev.model or runner.config.eval.model)
+        from synaptic_tui.redact import expand_url
+
+        try:  # credentials come as ${VAR} references, filled from the runner's environment, never stored
+            url = expand_url(ev.url or runner.config.eval.url or default_url(backend))
+        except ValueError as exc:
+            raise StageFailed(f"eval.url: {exc}") from None
+        return run(url, ev.model or runner.config.eval.model)
     serve = llama_cpp_server if model.suffix == ".gguf" else mlx_server
     try:
         with serve(model, runner.dir / "serve.log") as (url, model_id):

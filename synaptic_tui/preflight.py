@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from synaptic_tui.modelinfo import ModelInfo, read_model_info
-from trainers.data import DatasetError, load_rows
+from trainers.data import DatasetError, check_rows
 
 GB = 1024**3
 # Learning-rate ranges that are sane for a LoRA adapter, per method.
@@ -311,7 +311,8 @@ def run_preflight(config: dict[str, Any], runs_dir: Path, *, count_tokens: bool 
         report.add("error", "dataset", "dataset.path is not set")
     else:
         try:
-            rows, data_report = load_rows(dataset_path, method, max_rows=(config.get("dataset") or {}).get("max_rows"))
+            # Streamed: pre-flight holds one row at a time, whatever the file's size.
+            data_report = check_rows(dataset_path, method, max_rows=(config.get("dataset") or {}).get("max_rows"))
         except DatasetError as exc:
             for problem in exc.problems:
                 report.add("error", "dataset", str(problem))

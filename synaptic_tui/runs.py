@@ -6,10 +6,12 @@ textual, pydantic or an ML library, so the home screen can list runs cheaply.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +21,13 @@ from typing import Any, Iterable
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
+# A run whose files cannot be read is listed in this state, with the reason, and never written to.
+UNREADABLE = "unreadable"
+# A status.json is a few hundred bytes; anything far bigger is not ours and is not read into memory.
+MAX_STATUS_BYTES = 1 << 20
+# The largest step a metrics line or status.json may name: more than any run trains, small enough
+# that no arithmetic on it (ranges, progress, ETAs) can blow up.
+MAX_STEP = 10**12
 RUN_ID_RE = re.compile(r"^(?P<stamp>\d{8}-\d{6})-(?P<method>[a-z0-9_]+)-(?P<slug>[a-z0-9][a-z0-9._-]*)$")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # The original Synaptic Tuner wrote runs under e.g. sft_output_rtx3090/<timestamp>/.
@@ -71,17 +80,31 @@ class RunStatus:
     engine: str | None = None
     last_checkpoint: str | None = None
     updated_at: str | None = None
+    # Set by the trainer when a stop (cancel) reaches it: a second cancel then says "already stopping".
+    stop_requested_at: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Not stored: why the app could not record a state it worked out (a full disk), for the user to see.
+    write_error: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        status = cls(**{k: v for k, v in data.items() if k in known})
-        status.extra = {k: v for k, v in data.items() if k not in known}
+        """A status from what status.json holds; ValueError naming the field when a value has the wrong type."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("extra", "write_error")}
+        values = {k: v for k, v in data.items() if k in known}
+        for key, value in values.items():
+            _check_field(key, value)
+        for key in ("best_checkpoint", "best_score"):
+            if key in data:
+                _check_field(key, data[key])
+        if values.get("step") is None:
+            values["step"] = 0
+        status = cls(**values)
+        status.extra = {k: v for k, v in data.items() if k not in known and k != "write_error"}
         return status
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("write_error")
         extra = data.pop("extra")
         data.update(extra)
         return data
@@ -89,6 +112,67 @@ class RunStatus:
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+
+_INT_FIELDS = {"pid": 1, "pgid": 1, "exit_code": None, "step": 0, "max_steps": 0}
+
+
+def _check_field(key: str, value: Any) -> None:
+    """Raise ValueError when a status.json value is not what the trainer writes there."""
+    if value is None:
+        return
+    if key == "state":
+        if value not in STATES:
+            raise ValueError(f"state must be one of {', '.join(STATES)} (got {_shown(value)})")
+    elif key in _INT_FIELDS:
+        low = _INT_FIELDS[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key} must be a whole number (got {_shown(value)})")
+        if (low is not None and value < low) or abs(value) > MAX_STEP:
+            raise ValueError(f"{key} is out of range (got {_shown(value)})")
+    elif key == "best_score":
+        if not isinstance(value, dict):
+            raise ValueError(f"best_score must be an object (got {_shown(value)})")
+    elif not isinstance(value, str):
+        raise ValueError(f"{key} must be text (got {_shown(value)})")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_small_text(path: Path, limit: int) -> str:
+    """A small regular file's text. Never blocks on a FIFO or reads a huge file into memory:
+    OSError or ValueError (with a reason a user can read) for anything else."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"is {info.st_size:,} bytes, far more than such a file ever holds")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"is more than {limit:,} bytes")
+    return data.decode("utf-8")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An OSError or parse error as one short line: 'symlink loop', 'permission denied', ..."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc) or type(exc).__name__
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -111,13 +195,29 @@ def write_status(run_dir: Path, status: RunStatus) -> None:
     atomic_write_text(Path(run_dir) / "status.json", json.dumps(status.to_dict(), indent=2) + "\n")
 
 
+def load_status(run_dir: Path) -> tuple[RunStatus | None, str | None]:
+    """(status, None); (None, None) when there is no status.json; (None, reason) when it cannot be read."""
+    try:
+        text = read_small_text(Path(run_dir) / "status.json", MAX_STATUS_BYTES)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        return None, f"status.json: {describe_error(exc)}"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"status.json: not valid JSON ({describe_error(exc)})"
+    if not isinstance(data, dict):
+        return None, "status.json: not a JSON object"
+    try:
+        return RunStatus.from_dict(data), None
+    except ValueError as exc:
+        return None, f"status.json: {exc}"
+
+
 def read_status(run_dir: Path) -> RunStatus | None:
     """status.json, or None when it is missing or unreadable (a run being created, a foreign dir)."""
-    try:
-        data = json.loads((Path(run_dir) / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return RunStatus.from_dict(data) if isinstance(data, dict) else None
+    return load_status(run_dir)[0]
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -132,8 +232,8 @@ def _load_yaml_mapping(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, yaml.YAMLError):
+        data = yaml.load(read_small_text(path, MAX_STATUS_BYTES * 4), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -212,6 +312,13 @@ class RunInfo:
         return self.status.state
 
     @property
+    def problem(self) -> str | None:
+        """Why the run cannot be read (it is then listed `unreadable` and never written to), else None."""
+        if self.status.state != UNREADABLE:
+            return None
+        return self.status.error or "cannot be read"
+
+    @property
     def metrics_path(self) -> Path | None:
         if not self.legacy:
             return self.path / "metrics.jsonl"
@@ -220,6 +327,13 @@ class RunInfo:
 
     def checkpoints(self) -> list[Checkpoint]:
         return list_checkpoints(self.path, legacy=self.legacy)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop, a vanished entry: not a directory we can use
+        return False
 
 
 def list_checkpoints(run_dir: Path, legacy: bool = False) -> list[Checkpoint]:
@@ -231,9 +345,9 @@ def list_checkpoints(run_dir: Path, legacy: bool = False) -> list[Checkpoint]:
         entries = []
     for entry in entries:
         match = CHECKPOINT_RE.match(entry.name)
-        if match and entry.is_dir():
+        if match and int(match.group(1)) <= MAX_STEP and _is_dir(entry):
             found.append(Checkpoint(entry.name, Path(entry.path), int(match.group(1))))
-    found.sort(key=lambda c: c.step or 0)
+    found.sort(key=lambda c: (c.step or 0, c.name))
     final = Path(run_dir) / ("final_model" if legacy else "final")
     if final.is_dir():
         found.append(Checkpoint(final.name, final, None))
@@ -247,13 +361,19 @@ def _stamp_from_dirname(name: str) -> str:
 
 
 def load_run(path: Path) -> RunInfo | None:
-    """A run directory written by our trainers (it has run.yaml or status.json)."""
+    """A run directory written by our trainers (it has run.yaml or status.json).
+
+    A status.json that cannot be read (corrupt, a directory, wrongly typed values) gives a run in
+    state `unreadable` with the reason in `error`, which nothing ever rewrites.
+    """
     path = Path(path)
-    status = read_status(path)
+    status, problem = load_status(path)
     # run.yaml is parsed only for runs whose status.json lacks the summary (older or foreign runs).
     config = read_run_config(path) if status is None or status.model is None else {}
-    if status is None and not config:
+    if status is None and not config and problem is None:
         return None
+    if problem is not None:
+        status = RunStatus(state=UNREADABLE, error=problem)
     status = status or RunStatus(state="queued")
     match = RUN_ID_RE.match(path.name)
     model = config.get("model") or {}
@@ -311,15 +431,33 @@ def _legacy_config(path: Path) -> dict[str, Any]:
     return {}
 
 
+def unreadable_run(path: Path, reason: str) -> RunInfo:
+    """A runs-dir entry that cannot be read, listed with the reason so every other run still lists."""
+    match = RUN_ID_RE.match(path.name)
+    return RunInfo(run_id=path.name, path=path, method=match.group("method") if match else "?", model="",
+                   dataset="", platform="", status=RunStatus(state=UNREADABLE, error=reason),
+                   sort_key=match.group("stamp") if match else _stamp_from_dirname(path.name))
+
+
 def _scan_legacy_root(path: Path, method: str) -> Iterable[RunInfo]:
-    for child in sorted(path.iterdir()):
-        if child.is_dir() and is_legacy_run(child):
-            yield load_legacy_run(child, method)
+    try:
+        children = sorted(path.iterdir())
+    except OSError:
+        return
+    for child in children:
+        try:
+            if child.is_dir() and is_legacy_run(child):
+                yield load_legacy_run(child, method)
+        except (OSError, ValueError) as exc:
+            yield unreadable_run(child, describe_error(exc))
 
 
 def _scan_root(root: Path) -> Iterable[RunInfo]:
     # `--runs-dir sft_output_rtx3090`: the runs dir is itself one of the original tuner's output roots.
-    own = LEGACY_ROOT_RE.match(root.resolve().name)
+    try:
+        own = LEGACY_ROOT_RE.match(root.resolve().name)
+    except (OSError, RuntimeError):
+        return
     if own and root.is_dir():
         yield from _scan_legacy_root(root, own.group("method").lower())
         return
@@ -328,14 +466,23 @@ def _scan_root(root: Path) -> Iterable[RunInfo]:
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith("."):
             continue
         path = Path(entry.path)
+        try:
+            if not entry.is_dir():
+                continue
+        except OSError as exc:  # a symlink loop or a link to nowhere where a run should be
+            yield unreadable_run(path, describe_error(exc))
+            continue
         legacy_root = LEGACY_ROOT_RE.match(entry.name)
         if legacy_root:
             yield from _scan_legacy_root(path, legacy_root.group("method").lower())
             continue
-        run = load_run(path)
+        try:
+            run = load_run(path)
+        except Exception as exc:  # noqa: BLE001 - one bad run never stops the listing; it says why
+            run = unreadable_run(path, f"{type(exc).__name__}: {describe_error(exc)}")
         if run is not None:
             yield run
 
@@ -345,7 +492,11 @@ def list_runs(runs_dir: Path, extra_roots: Iterable[Path] = ()) -> list[RunInfo]
     runs: dict[Path, RunInfo] = {}
     for root in (Path(runs_dir), *map(Path, extra_roots)):
         for run in _scan_root(root):
-            runs.setdefault(run.path.resolve(), run)
+            try:
+                key = run.path.resolve()
+            except (OSError, RuntimeError):  # a symlink loop resolves to nothing
+                key = run.path.absolute()
+            runs.setdefault(key, run)
     return sorted(runs.values(), key=lambda r: (r.sort_key, r.run_id), reverse=True)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from synaptic_tui.config import repo_id as check_repo_id
 from synaptic_tui.exporting import EXPORT_RECORD, export_dir, human_bytes, read_export
 from synaptic_tui.hf_token import find_hf_token, redact
-from synaptic_tui.modelcard import build_model_card, folder_in_repo
+from synaptic_tui.modelcard import build_model_card, folder_in_repo, local_base_warning
 from synaptic_tui.runs import RunInfo, read_run_config, slugify
 
 RETRIES = 4
@@ -54,6 +54,7 @@ class UploadPlan:
     token_source: str = "not set"
     repo_url: str | None = None
     commits: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -77,12 +78,14 @@ class UploadPlan:
             for name, size in item.files:
                 lines.append(f"    {name} ({human_bytes(size)})")
         lines.append(f"total     {human_bytes(self.total_bytes)} + README.md (model card)")
+        lines += [f"warning   {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {"repo_id": self.repo_id, "private": self.private, "run_id": self.run.run_id,
                 "checkpoint": self.checkpoint, "token": self.token_source, "repo_url": self.repo_url, "total_bytes": self.total_bytes,
                 "to_export": self.to_export, "commits": self.commits, "model_card": self.card,
+                "warnings": self.warnings,
                 "items": [{"format": i.fmt, "path_in_repo": i.path_in_repo, "local_dir": str(i.local_dir),
                            "exported": i.exported, "estimated_bytes": i.estimate or None,
                            "files": [{"name": n, "size": s} for n, s in i.files]}
@@ -132,7 +135,9 @@ def plan_upload(run: RunInfo, checkpoint: str, formats: list[str], repo_id: str 
         items.append(UploadItem(fmt, local, folder_in_repo(fmt, formats), files, record is not None, estimate))
     card = str(build_model_card(run, checkpoint, formats, repo, records))
     _, source = find_hf_token()
-    return UploadPlan(run, checkpoint, repo, private, items, card, token_source=source)
+    warning = local_base_warning(run)
+    return UploadPlan(run, checkpoint, repo, private, items, card, token_source=source,
+                      warnings=[warning] if warning else [])
 
 
 def refresh_plan(plan: UploadPlan) -> UploadPlan:

@@ -66,6 +66,22 @@ def write_run(
     return run_dir
 
 
+def write_checkpoint_files(checkpoint_dir: Path, step: int) -> Path:
+    """The files a TRL checkpoint is resumed from, whole but tiny: a safetensors file with no tensors,
+    torch-style zip archives, trainer_state.json. Enough for the launcher's checks, not for training."""
+    import zipfile
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    header = b"{}"
+    (checkpoint_dir / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    (checkpoint_dir / "adapter_config.json").write_text("{}")
+    (checkpoint_dir / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    for name in ("optimizer.pt", "scheduler.pt"):
+        with zipfile.ZipFile(checkpoint_dir / name, "w") as archive:
+            archive.writestr("data.pkl", b"stub")
+    return checkpoint_dir
+
+
 def write_legacy_runs(root: Path) -> dict[str, Path]:
     """Runs as the original Synaptic Tuner scripts wrote them."""
     sft = root / "sft_output_rtx3090" / "20251101_120000"

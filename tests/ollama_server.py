@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-FAULTS = ("500", "timeout", "malformed", "truncate", "stream_error", "shutdown")
+FAULTS = ("500", "timeout", "malformed", "truncate", "stream_error", "shutdown", "trickle")
 
 
 def _now() -> str:
@@ -42,13 +42,14 @@ class _Server(ThreadingHTTPServer):
 
 class OllamaServer:
     def __init__(self, models: dict[str, str] | None = None, *, upstream: str | None = None,
-                 reply: dict[str, Any] | None = None, latency: float = 0.0, hang: float = 5.0):
+                 reply: dict[str, Any] | None = None, latency: float = 0.0, hang: float = 5.0, trickle: float = 0.2):
         # Ollama model name -> the upstream server's model id.
         self.models = models or {"demo-model:latest": "default_model"}
         self.upstream = upstream.rstrip("/") if upstream else None
         self.reply = reply or {"content": "ok"}
         self.latency = latency
         self.hang = hang
+        self.trickle = trickle
         self.faults: list[str | None] = []
         self.requests: list[dict[str, Any]] = []  # chat request bodies, in arrival order
         self.in_flight = self.max_in_flight = 0  # chat requests being answered now / at most at once
@@ -143,6 +144,20 @@ class OllamaServer:
         if fault == "timeout":
             time.sleep(self.hang)
             return self._json(handler, 500, {"error": "too late"})
+        if fault == "trickle":
+            # One token every `trickle` seconds, never done: each read comes in time, the answer never does.
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/x-ndjson")
+            handler.end_headers()
+            for _ in range(int(60 / self.trickle)):
+                try:
+                    handler.wfile.write(json.dumps(self._chunk(model, {"role": "assistant", "content": "a"})).encode()
+                                        + b"\n")
+                    handler.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+                time.sleep(self.trickle)
+            return
         if fault == "shutdown":
             # The server goes away: this request gets no answer, later ones find nothing listening.
             threading.Thread(target=self.stop, daemon=True).start()

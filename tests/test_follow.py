@@ -91,9 +91,9 @@ def test_run_metrics_stay_bounded_and_exact_at_checkpoints():
                                        "rewards/chosen": 700}
     # An unexpected checkpoint step inside the recent window (a cancel) is exact too.
     assert metrics.metrics_at(4999)["rewards/chosen"] == 4998 and metrics.metrics_at(4999)["loss"] == 1 / 4999
-    # A step nobody said would be a checkpoint, far behind the window: the nearest snapshot before it
-    # (what the view never needs: it watches the steps of the checkpoints on disk, below).
-    assert metrics.metrics_at(650)["step"] == 600
+    # A step nobody said would be a checkpoint, far behind the window: nothing, rather than another
+    # step's metrics (the view never asks: it watches the steps of the checkpoints on disk, below).
+    assert metrics.metrics_at(650) == {}
     rows, best = metrics.checkpoint_rows([Checkpoint("checkpoint-700", None, 700),
                                           Checkpoint("checkpoint-4999", None, 4999)])
     assert [round(r.score, 3) for r in rows] == [7.0, 49.99] and best == "checkpoint-4999"
@@ -126,8 +126,12 @@ def test_steps_per_second_follows_the_recent_pace_not_the_whole_run():
     metrics = RunMetrics("sft")
     metrics.add({"step": s, "time": 100.0 + s} for s in range(1, 51))  # 1 step/s
     assert metrics.steps_per_second() == 1.0
-    # Cancelled at 50, resumed an hour later at 4 steps/s: the pause drops out of the window.
-    metrics.add({"step": 50 + s, "time": 3750.0 + s / 4} for s in range(1, 41))
+    # Cancelled at 50, resumed an hour later at 4 steps/s: the pause is never counted as training.
+    metrics.add([{"step": 51, "time": 3750.25}])
+    assert metrics.steps_per_second() is None  # one record since the pause: no rate yet, not 0.0003
+    metrics.add({"step": 51 + s, "time": 3750.25 + s / 4} for s in range(1, 5))
+    assert metrics.steps_per_second() == 4.0
+    metrics.add({"step": 55 + s, "time": 3751.25 + s / 4} for s in range(1, 41))
     assert metrics.steps_per_second() == 4.0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_run
+from conftest import write_checkpoint_files, write_run
 from textual.widgets import Log, Static
 
 from synaptic_tui.app import SynapticApp
@@ -99,10 +99,11 @@ async def test_sft_table_garbage_lines_and_a_rewritten_metrics_file(runs_dir):
         await settle(pilot, lambda: table.row_count == 3)
         assert column(table, "checkpoint") == ["checkpoint-5", "checkpoint-10", "final"]
         assert column(table, "lr") == ["1.00e-05", "5.00e-06", "5.00e-06"]
-        assert column(table, "eval_loss") == ["2.5000", "2.5000", "2.5000"]
+        # An eval loss belongs to the step it was measured at: later rows leave it blank.
+        assert column(table, "eval_loss") == ["2.5000", "", ""]
         assert screen.metrics_tail.skipped == 1
-        # eval loss ranks SFT checkpoints; ties go to the later one.
-        assert column(table, "best") == ["", "", BEST]
+        # Eval loss ranks SFT checkpoints, compared only with other eval losses.
+        assert column(table, "best") == [BEST, "", ""]
         # A resumed run that rewrote its metrics from scratch: the view starts over.
         metrics.write_text(json.dumps({"step": 5, "loss": 0.5}) + "\n")
         await settle(pilot, lambda: column(table, "loss")[0] == "0.5000")
@@ -172,7 +173,7 @@ async def test_runs_screen_filters_deletes_and_refuses_what_cannot_be_done(sampl
         assert "state failed" in str(screen.query_one("#runs-title", Static).render())
         await pilot.press("c")  # not running: refused, nothing asked
         assert notes[-1] == "20261121-101000-kto-demo-model is not running."
-        await pilot.press("f", "f", "f", "m", "m")  # back to all states; method kto
+        await pilot.press("f", "f", "f", "f", "m", "m")  # cancelled, unknown, unreadable, all; method kto
         await settle(pilot, lambda: ids() == ["20261121-101000-kto-demo-model", "kto_output_rtx3090/20251102_090000"])
         await pilot.press("down", "x")  # legacy: read-only
         assert notes[-1] == "Legacy Synaptic Tuner runs are read-only here."
@@ -191,6 +192,7 @@ async def test_runs_screen_resume_relaunches_from_the_last_checkpoint(sample_run
     from synaptic_tui.jobs import read_launch
     from synaptic_tui.screens.runs import RunsScreen
 
+    write_checkpoint_files(sample_runs / "20261122-080000-sft-qwen2.5-0.5b" / "checkpoints" / "checkpoint-35", 35)
     app = SynapticApp(Services.create(sample_runs, refresh_seconds=0.1))
     notes = []
     app.notify = lambda message, **kwargs: notes.append(message)

@@ -310,3 +310,8 @@ def test_checkpoint_actions_dialog(snap_compare, app_on, sample_runs):
 def test_confirm_dialog(snap_compare, app_on, sample_runs):
     # Deleting a run asks first.
     assert snap_compare(app_on(sample_runs), press=["r", "x"], terminal_size=SIZE)
+
+
+def test_more_steps_dialog(snap_compare, app_on, sample_runs):
+    # R on a run that trained all its steps asks how many more to train.
+    assert snap_compare(app_on(sample_runs), press=["r", "down", "down", "R"], terminal_size=SIZE)

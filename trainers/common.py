@@ -1,10 +1,11 @@
 """What every trainer shares: the run directory it writes, its metrics callback, and a clean stop.
 
-The trainer is the only writer of its run directory while it runs:
-status.json (atomically), metrics.jsonl (one flushed line per log event),
-checkpoints/checkpoint-N and final/. SIGTERM or SIGINT finishes the current
-step, saves a checkpoint and ends the run `cancelled`; a crash ends it
-`failed` with the last lines of the traceback.
+The trainer is the only writer of its run directory while it runs (it holds
+the run's lock, run.lock, for its whole life): status.json (atomically),
+metrics.jsonl (one flushed line per log event), checkpoints/checkpoint-N and
+final/. SIGTERM or SIGINT finishes the current step, saves a checkpoint and
+ends the run `cancelled`; a crash ends it `failed` with the last lines of the
+traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from synaptic_tui.scoring import best_step, metrics_at
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_LOCKED = 2  # another trainer holds the run: nothing was written
 
 # Progress bars write carriage returns into train.log; our status.json and metrics carry progress.
 for _name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
@@ -44,24 +46,61 @@ def is_main_process() -> bool:
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGINT; the training loop checks it after each step. A second signal stops at once."""
+    """Set by a stop signal; the training loop checks it after each step and saves before it stops.
+
+    SIGTERM always means "finish the step, save a checkpoint, stop", however often it arrives: a user
+    who cancels twice, or a cluster where the scheduler and torch's launcher both signal each rank,
+    must not lose the checkpoint. Stopping at once, without one, takes SIGUSR1 (`runs cancel --now`)
+    or a SIGINT after the first stop request (ctrl+c twice in a terminal).
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name: str | None = None
+        self.on_request: Callable[[], None] | None = None  # records the request (status.json)
 
     def install(self) -> StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGUSR1 or (signum == signal.SIGINT and self.requested):
+            raise KeyboardInterrupt(f"{name}: stopping now, without a checkpoint")
         if self.requested:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without a checkpoint")
+            print(f"[synaptic] {name} received again: already stopping (the checkpoint is saved first)",
+                  file=sys.stderr, flush=True)
+            return
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
-        print(f"[synaptic] {self.signal_name} received: finishing this step, saving a checkpoint, then stopping",
+        self.signal_name = name
+        print(f"[synaptic] {name} received: finishing this step, saving a checkpoint, then stopping",
               file=sys.stderr, flush=True)
+        self.record()
+
+    def record(self) -> None:
+        if self.requested and self.on_request is not None:
+            try:
+                self.on_request()
+            except OSError as exc:  # a full disk must not turn a clean stop into a crash
+                print(f"[synaptic] could not record the stop request: {exc}", file=sys.stderr, flush=True)
+
+
+def hold_run_lock(run_dir: Path) -> int | None:
+    """This trainer's hold on the run's lock: inherited from the launcher, or taken here when started by
+    hand. Raises RunLocked when another trainer holds it. DDP workers hold nothing: their launcher does."""
+    from synaptic_tui import run_lock
+
+    fd = run_lock.inherited(run_dir)
+    if fd is not None:
+        os.set_inheritable(fd, False)
+        if is_main_process():
+            run_lock.note_holder(fd, run_dir, pid=os.getpid(), role="trainer")
+        return fd
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        if not is_main_process() or run_lock.held(run_dir):
+            return None
+    return run_lock.take(run_dir, role="trainer")
 
 
 class RunWriter:
@@ -139,7 +178,7 @@ def rewind(run_dir: Path, step: int) -> Path | None:
     for line in lines:
         try:
             record_step = json.loads(line).get("step")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             record_step = None
         (dropped if isinstance(record_step, int) and record_step > step else kept).append(line)
     # The final adapter of a run that had finished belongs to the path given up, too.
@@ -311,13 +350,39 @@ def make_callback(writer: RunWriter, stop: StopRequest):
     return SynapticCallback()
 
 
+def record_best(writer: RunWriter) -> None:
+    """The best checkpoint as every surface ranks it (monitor.rank_checkpoints, final/ included), written
+    when the run ends, so `runs list` names the checkpoint the run view stars."""
+    from synaptic_tui.monitor import rank_checkpoints
+    from synaptic_tui.runs import list_checkpoints
+
+    if not writer.main:
+        return
+    training = writer.config.get("training") or {}
+    try:
+        ranked = rank_checkpoints(writer.method, list_checkpoints(writer.run_dir), writer.history,
+                                  training.get("save_steps") if isinstance(training, dict) else None)
+        writer.update(best_checkpoint=ranked.best, best_score=ranked.score_of(ranked.best))
+    except Exception as exc:  # noqa: BLE001 - the run's final state matters more than its ranking
+        print(f"[synaptic] could not rank the checkpoints: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
 def run_training(description: str, train: Callable[[RunWriter, StopRequest, argparse.Namespace], str],
                  argv: list[str] | None = None) -> int:
     """Run `train` with the run-directory bookkeeping around it; returns the process exit code.
 
     `train` returns the engine it used; it ends early (without raising) when a stop was requested.
     """
+    from synaptic_tui.run_lock import RunLocked
+
     args = parse_args(argv, description)
+    # First of all: a cancel during start-up is a clean stop after the first step, not a dead process.
+    stop = StopRequest().install()
+    try:
+        lock = hold_run_lock(args.run_dir)  # noqa: F841 - held open for the life of the process
+    except RunLocked as exc:
+        print(f"[synaptic] {exc}; this trainer did not start", file=sys.stderr, flush=True)
+        return EXIT_LOCKED
     resume_step = int(args.resume_from.rsplit("-", 1)[1]) if args.resume_from else None
     if resume_step is not None and is_main_process():
         superseded = rewind(args.run_dir, resume_step)
@@ -325,10 +390,11 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
             print(f"[synaptic] resuming from {args.resume_from}: the metrics and checkpoints after it moved "
                   f"to {superseded.name}/", flush=True)
     writer = RunWriter(args.run_dir, resume_step)
-    stop = StopRequest().install()
+    stop.on_request = lambda: writer.update(stop_requested_at=utc_now())
     started = writer.status.started_at if args.resume_from else None
     writer.update(state="running", pid=os.getpid(), pgid=os.getpgrp(), started_at=started or utc_now(),
-                  ended_at=None, exit_code=None, error=None)
+                  ended_at=None, exit_code=None, error=None, stop_requested_at=None)
+    stop.record()  # a stop that came while the run directory was being opened
     try:
         engine = train(writer, stop, args)
     except BaseException as exc:  # every way out must leave a final state behind
@@ -336,10 +402,12 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
         tail = "".join(traceback.format_exception(exc)[-8:]).strip()
         if isinstance(exc, UnhealthyTraining):
             tail = str(exc)  # our own verdict: the reason, not a traceback
+        record_best(writer)
         writer.update(state="cancelled" if cancelled else "failed", ended_at=utc_now(),
                       exit_code=EXIT_OK if cancelled else EXIT_FAILED, error=None if cancelled else tail[-4000:])
         writer.close()
         if cancelled:
+            print(f"[synaptic] {exc or 'interrupted'}; run cancelled: {writer.run_dir}", flush=True)
             return EXIT_OK
         if isinstance(exc, UnhealthyTraining):
             print(f"[synaptic] run failed: {exc}", file=sys.stderr, flush=True)
@@ -347,6 +415,7 @@ def run_training(description: str, train: Callable[[RunWriter, StopRequest, argp
             traceback.print_exception(exc)
         return EXIT_FAILED
     final_state = "cancelled" if stop.requested else "succeeded"
+    record_best(writer)
     writer.update(state=final_state, ended_at=utc_now(), exit_code=EXIT_OK, engine=engine)
     writer.close()
     print(f"[synaptic] run {final_state}: {writer.run_dir}", flush=True)
@@ -418,11 +487,41 @@ def split_dataset(writer: RunWriter, dataset):
     return split(dataset, float((writer.config.get("dataset") or {}).get("test_size") or 0), seed)
 
 
+def _learning_rate_from_schedule():
+    """A callback that sets the resumed optimizer's learning rate from the schedule now in force.
+
+    The optimizer state in a checkpoint keeps the rate its old schedule last set: 0 at the end of a
+    finished run. Extended by `runs resume --steps N`, the first resumed step would be taken at that 0
+    before the scheduler's next step corrected it.
+    """
+    from transformers import TrainerCallback
+
+    class LearningRateFromSchedule(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+            lambdas = getattr(scheduler, "lr_lambdas", None)
+            if optimizer is None or not lambdas:
+                return
+            for group, rate, base in zip(optimizer.param_groups, lambdas, scheduler.base_lrs):
+                group["lr"] = base * rate(scheduler.last_epoch)
+            # What get_last_lr() reports, and so what the first resumed step logs (torch keeps no setter).
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    return LearningRateFromSchedule()
+
+
 def fit(trainer, tokenizer, writer: RunWriter, stop: StopRequest, resume_from: str | None) -> None:
     """Train (resuming from a checkpoint if asked) and save the final adapter unless stopped early."""
     resume = str(writer.checkpoints_dir / resume_from) if resume_from else None
     if resume:
+        # A checkpoint at the end of the schedule would train one step past it at learning rate 0.
+        done = json.loads((Path(resume) / "trainer_state.json").read_text()).get("global_step")
+        total = trainer.args.max_steps
+        if isinstance(done, int) and total and total > 0 and done >= total:
+            raise RuntimeError(f"{resume_from} is at step {done} of max_steps {total}: nothing left to train "
+                               "(resume with `--steps N` to train N more steps)")
         print(f"[synaptic] resumed from {resume_from}: weights, optimizer, scheduler and RNG state", flush=True)
+        trainer.add_callback(_learning_rate_from_schedule())
     trainer.train(resume_from_checkpoint=resume)
     if not stop.requested:
         trainer.save_model(str(writer.final_dir))

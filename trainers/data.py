@@ -7,7 +7,10 @@ checks and the training can never disagree.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +31,8 @@ SHAREGPT_ROLES = {
     "ipython": "tool",
 }
 MAX_REPORTED = 10
+# One JSONL row may be this big; a bigger one is refused with its line, never read into memory whole.
+MAX_ROW_BYTES = 64 << 20
 
 
 @dataclass
@@ -72,12 +77,56 @@ class RowError(ValueError):
     pass
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, raw text) for each non-blank line."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield number, line
+def open_dataset(path: Path):
+    """The dataset file opened for reading, or DatasetError saying why it cannot be: missing, a symlink
+    loop, a directory, or not a regular file (a FIFO would block pre-flight for ever)."""
+    shown = str(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "is a symlink loop (the link points, in the end, back at itself)"
+        elif exc.errno == errno.ENOENT:
+            reason = "file not found" + (" (a symlink to something that does not exist)" if os.path.islink(path)
+                                         else "")
+        else:
+            reason = f"cannot be read ({exc.strerror})"
+        raise DatasetError([DataProblem(shown, None, reason)]) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DatasetError([DataProblem(shown, None, "is a directory, not a JSONL file")])
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetError([DataProblem(shown, None, "is not a regular file (a FIFO, socket or device); "
+                                                     "give a JSONL file")])
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise DatasetError([DataProblem(shown, None, f"cannot be read ({exc.strerror})")]) from None
+
+
+def iter_jsonl(path: Path, max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[tuple[int, str | RowError]]:
+    """(line number, text) for each non-blank line, read one line at a time; a line over `max_row_bytes`
+    or not UTF-8 comes as (line number, RowError) and reading goes on with the next line."""
+    with open_dataset(Path(path)) as handle:
+        number = 0
+        while True:
+            raw = handle.readline(max_row_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > max_row_bytes and not raw.endswith(b"\n"):
+                del raw
+                while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the oversized line without holding it
+                yield number, RowError(f"row is larger than the {max_row_bytes >> 20} MB limit for one row")
+                continue
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, RowError(f"not UTF-8 text (byte {exc.start + 1} of the line: {exc.reason})")
+                continue
+            del raw
+            if text.strip():
+                yield number, text
 
 
 def _parse_arguments(arguments: Any, where: str) -> dict[str, Any]:
@@ -168,6 +217,18 @@ def _check_tools(tools: Any) -> list[dict[str, Any]]:
         function = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not function.get("name"):
             raise RowError(f"tools[{i}] has no function name")
+        parameters = function.get("parameters")
+        if parameters is None:
+            continue
+        if not isinstance(parameters, dict):
+            raise RowError(f"tools[{i}].parameters must be a JSON schema object")
+        required = parameters.get("required")
+        # A string here ("query") would be read letter by letter as the names of required arguments.
+        if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+            raise RowError(f"tools[{i}].parameters.required must be a list of argument names "
+                           f"(got {json.dumps(required)[:40]})")
+        if parameters.get("properties") is not None and not isinstance(parameters["properties"], dict):
+            raise RowError(f"tools[{i}].parameters.properties must be an object")
     return tools
 
 
@@ -229,51 +290,72 @@ def kto_row(row: Any) -> dict[str, Any]:
     return out
 
 
-def load_rows(path: str | Path, method: str, *, max_rows: int | None = None) -> tuple[list[dict[str, Any]], DatasetReport]:
-    """Every row of a JSONL file normalised for `method` (sft or kto), or DatasetError naming file:line."""
-    path = Path(path)
+def iter_rows(path: str | Path, method: str, report: DatasetReport, *,
+              max_rows: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(file line, row normalised for `method`) for each good row, streamed: memory stays at about one row
+    whatever the file's size. `report` is filled as rows pass; once they are all read, DatasetError
+    naming file:line for the rows that are not good (the first few, and how many in all)."""
     shown = str(path)
-    if not path.exists():
-        raise DatasetError([DataProblem(shown, None, "file not found")])
-    if path.is_dir():
-        raise DatasetError([DataProblem(shown, None, "is a directory, not a JSONL file")])
     convert = kto_row if method == "kto" else sft_row
-    rows: list[dict[str, Any]] = []
     problems: list[DataProblem] = []
     total_problems = 0
-    report = DatasetReport(path=shown, method=method)
-    try:
-        for number, line in iter_jsonl(path):
+    for number, line in iter_jsonl(Path(path)):
+        try:
+            if isinstance(line, RowError):
+                raise line
             try:
-                try:
-                    raw = json.loads(line)
-                except ValueError as exc:
-                    raise RowError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-                row = convert(raw)
-            except RowError as exc:
-                total_problems += 1
-                if len(problems) < MAX_REPORTED:
-                    problems.append(DataProblem(shown, number, str(exc)))
-                continue
-            rows.append(row)
-            report.lines.append(number)
-            if max_rows and len(rows) >= max_rows:
-                break
-    except UnicodeDecodeError as exc:
-        raise DatasetError([DataProblem(shown, None, f"not UTF-8 text ({exc.reason})")]) from None
+                raw = json.loads(line)
+            except RecursionError:
+                raise RowError("nested too deeply to be a row") from None
+            except ValueError as exc:
+                message = getattr(exc, "msg", str(exc))
+                where = f" at column {exc.colno}" if hasattr(exc, "colno") else ""
+                raise RowError(f"not valid JSON ({message}{where})") from None
+            del line
+            row = convert(raw)
+        except RowError as exc:
+            total_problems += 1
+            if len(problems) < MAX_REPORTED:
+                problems.append(DataProblem(shown, number, str(exc)))
+            continue
+        report.rows += 1
+        turns = row.get("messages") or (row.get("prompt", []) + row.get("completion", []))
+        report.tool_calls += sum(len(m.get("tool_calls", ())) for m in turns)
+        report.with_tools += bool(row.get("tools"))
+        if method == "kto":
+            report.desirable += bool(row["label"])
+        if not problems:
+            yield number, row
+        if max_rows and report.rows >= max_rows:
+            break
     if problems:
         raise DatasetError(problems, total_problems)
-    if not rows:
+    _finish_report(report, shown, method)
+
+
+def check_rows(path: str | Path, method: str, *, max_rows: int | None = None) -> DatasetReport:
+    """What pre-flight needs: every row checked, none kept (a 100k-row file costs one row of memory)."""
+    report = DatasetReport(path=str(path), method=method)
+    for _ in iter_rows(path, method, report, max_rows=max_rows):
+        pass
+    return report
+
+
+def load_rows(path: str | Path, method: str, *, max_rows: int | None = None) -> tuple[list[dict[str, Any]], DatasetReport]:
+    """Every row of a JSONL file normalised for `method` (sft or kto), or DatasetError naming file:line."""
+    report = DatasetReport(path=str(path), method=method)
+    rows: list[dict[str, Any]] = []
+    for number, row in iter_rows(path, method, report, max_rows=max_rows):
+        rows.append(row)
+        report.lines.append(number)
+    return rows, report
+
+
+def _finish_report(report: DatasetReport, shown: str, method: str) -> None:
+    if not report.rows:
         raise DatasetError([DataProblem(shown, None, "no rows (the file is empty)")])
-    report.rows = len(rows)
-    for row in rows:
-        turns = row.get("messages") or (row.get("prompt", []) + row.get("completion", []))
-        calls = sum(len(m.get("tool_calls", ())) for m in turns)
-        report.tool_calls += calls
-        report.with_tools += bool(row.get("tools"))
     if method == "kto":
         report.format = "kto"
-        report.desirable = sum(1 for r in rows if r["label"])
         report.undesirable = report.rows - report.desirable
         if not report.desirable or not report.undesirable:
             missing = "false" if not report.undesirable else "true"
@@ -286,4 +368,3 @@ def load_rows(path: str | Path, method: str, *, max_rows: int | None = None) -> 
             )
     else:
         report.format = "messages"
-    return rows, report

@@ -75,6 +75,10 @@ def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
     checkpoint_dir = next(c.path for c in run.checkpoints() if c.name == name)
     if not (checkpoint_dir / "adapter_config.json").is_file():
         raise ExportError(f"{checkpoint_dir}: no adapter_config.json; only LoRA checkpoints can be exported")
+    bad, total = nonfinite_weights(checkpoint_dir)
+    if bad:
+        raise ExportError(f"{name}: {bad} of {total} adapter tensors hold NaN or infinite values (the run diverged), "
+                          "so nothing was exported; pick a checkpoint saved before the divergence")
     from synaptic_tui.runs import read_run_config
 
     config = read_run_config(run_dir)
@@ -113,6 +117,24 @@ def make_plan(run_dir: Path, checkpoint: str, formats: list[str]) -> Plan:
         raise ExportError(f"not enough free disk in {root}: {', '.join(formats)} needs about {human_bytes(needed)}, "
                           f"{human_bytes(free)} is free")
     return Plan(run_dir, run.method, name, checkpoint_dir, base, formats, config)
+
+
+def nonfinite_weights(checkpoint_dir: Path) -> tuple[int, int]:
+    """(tensors holding NaN or infinity, tensors) in a checkpoint's adapter weights: a diverged run's
+    adapter is refused for that reason, before a merge would hide it (max() of NaN reads as zero)."""
+    import torch
+    from safetensors import safe_open
+
+    bad = total = 0
+    for name in ("adapter_model.safetensors", "adapters.safetensors"):
+        path = checkpoint_dir / name
+        if not path.is_file():
+            continue
+        with safe_open(str(path), framework="pt") as weights:
+            for key in weights.keys():
+                total += 1
+                bad += not bool(torch.isfinite(weights.get_tensor(key)).all())
+    return bad, total
 
 
 # --- building ---------------------------------------------------------------

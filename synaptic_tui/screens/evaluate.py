@@ -49,11 +49,14 @@ def eval_roots(runs_dir: Path) -> list[Path]:
     return roots
 
 
-def launch_eval(eval_dir: Path) -> None:
-    """Run the eval in its own session, output to eval.log: closing the app never stops it."""
+def launch_eval(eval_dir: Path, url: str | None = None) -> None:
+    """Run the eval in its own session, output to eval.log: closing the app never stops it.
+
+    The server's URL goes through the environment: eval.json keeps it without credentials."""
+    from evaluator.runner import URL_ENV
     from synaptic_tui.jobs import launch_detached
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({URL_ENV: url} if url else {})}
     launch_detached([sys.executable, "-m", "evaluator", "--resume", str(eval_dir)], eval_dir,
                     eval_dir / "eval.log", env)
 
@@ -337,10 +340,11 @@ class EvaluateScreen(Screen):
     @work(exclusive=True, group="reach", exit_on_error=False)
     async def check_server(self) -> None:
         from evaluator.clients import check_backend, start_hint
+        from synaptic_tui.redact import redact_url
 
         backend, url = self.backend(), self.query_one("#url", Input).value.strip()
         reach_label = self.query_one("#reach", Static)
-        reach_label.update(f"checking {escape(url)} ...")
+        reach_label.update(f"checking {escape(redact_url(url))} ...")
         reach = await check_backend(backend, url)
         select = self.query_one("#model", Select)
         if not reach.reachable:
@@ -401,8 +405,13 @@ class EvaluateScreen(Screen):
             self.notify(str(exc), severity="error", title="Cannot run")
             return
         root = self.run_dir / "evals" if self.run_dir is not None else evals_root()
-        eval_dir = create_eval(settings, root)
-        launch_eval(eval_dir)
+        try:
+            eval_dir = create_eval(settings, root)
+        except OSError as exc:
+            self.notify(f"cannot write the eval under {root}: {exc.strerror or exc}", severity="error",
+                        title="Cannot run")
+            return
+        launch_eval(eval_dir, settings.url)
         self.query_one(EvalResults).follow(eval_dir)
         self.notify(f"Eval {eval_dir.name} started: {len(settings.case_ids)} cases.")
 

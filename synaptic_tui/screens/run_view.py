@@ -18,6 +18,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Log, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
@@ -27,7 +28,7 @@ from synaptic_tui.monitor import CURVES, RunMetrics
 from synaptic_tui.runs import list_checkpoints, load_run, read_run_config
 from synaptic_tui.widgets.checkpoint_table import CheckpointTable
 from synaptic_tui.widgets.curves import Curves
-from synaptic_tui.widgets.runs_table import format_duration
+from synaptic_tui.widgets.runs_table import format_duration, parse_time
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -119,6 +120,12 @@ class RunScreen(Screen):
     # --- following the run directory --------------------------------------------------
 
     def refresh_files(self) -> None:
+        try:
+            self._refresh_files()
+        except NoMatches:
+            pass  # the screen is closing: a file event or a queued refresh found its widgets gone
+
+    def _refresh_files(self) -> None:
         update = self.log_tail.poll()
         log = self.query_one(Log)
         if update.reset:  # a rotated or rewritten log: show it afresh
@@ -149,17 +156,24 @@ class RunScreen(Screen):
             self.query_one(Curves).show(self.metrics.series)
 
     def refresh_status(self) -> None:
+        try:
+            self._refresh_status()
+        except NoMatches:
+            pass  # the screen is closing
+
+    def _refresh_status(self) -> None:
         from synaptic_tui.jobs import reconcile
 
         run = load_run(self.run_dir)
         if run is None:
             return
         status = reconcile(run)
+        if status.write_error:
+            self.notify(status.write_error, severity="warning", timeout=10)
         now = datetime.now(timezone.utc)
-        started = datetime.fromisoformat(status.started_at) if status.started_at else None
-        ended = datetime.fromisoformat(status.ended_at) if status.ended_at else None
+        started, ended = parse_time(status.started_at), parse_time(status.ended_at)
         total = status.max_steps or 0
-        parts = [f"[b]{status.state}[/]", f"engine {status.engine or '?'}", f"step {status.step}/{total or '?'}"]
+        parts = [f"[b]{status.state}[/]", f"engine {escape(status.engine or '?')}", f"step {status.step}/{total or '?'}"]
         if started:
             parts.append(f"elapsed {format_duration(((ended or now) - started).total_seconds())}")
         rate = self.metrics.steps_per_second()
@@ -172,14 +186,16 @@ class RunScreen(Screen):
             # Said plainly: a run that trains with another template than the model's own.
             name = str(template["name"])
             parts.append(f"template {escape(name)}" + (" (substituted)" if template.get("source") != "model" else ""))
-        if status.state == "failed" and status.error:
-            parts.append(f"[red]{escape(status.error.strip().splitlines()[-1])}[/]")
+        if status.state in ("failed", "unreadable") and status.error and status.error.strip():
+            parts.append(f"[red]{escape(status.error.strip().splitlines()[-1][:300])}[/]")
+        if self.metrics.diverged_at is not None:
+            parts.append(f"[red]diverged at step {self.metrics.diverged_at}[/]")
         warnings = status.extra.get("health_warnings")
         if status.state != "failed" and isinstance(warnings, list) and warnings and isinstance(warnings[-1], dict):
             parts.append(f"[yellow]step {warnings[-1].get('step')}: {escape(str(warnings[-1].get('message')))}[/]")
         self.query_one("#run-state", Static).update("   ".join(parts))
         if total:
-            self.query_one(ProgressBar).update(total=total, progress=status.step)
+            self.query_one(ProgressBar).update(total=total, progress=min(status.step, total))
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -229,9 +245,7 @@ class RunScreen(Screen):
 
             run = load_run(self.run_dir)
             if yes and run is not None:
-                if cancel_run(run):
-                    self.notify("Stop requested: the trainer saves a checkpoint, then ends cancelled.")
-                else:
-                    self.notify("The run is not running.", severity="warning")
+                result = cancel_run(run)
+                self.notify(result.message, severity="information" if result else "warning")
 
         self.app.push_screen(ConfirmScreen(f"Cancel {self.run_dir.name}? It saves a checkpoint first."), confirmed)

@@ -6,14 +6,38 @@ import shutil
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.containers import Vertical
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer, Header, Input, Static
 
-from synaptic_tui.runs import STATES, RunInfo
+from synaptic_tui.runs import STATES, UNREADABLE, RunInfo
 from synaptic_tui.widgets.runs_table import RunsTable
 
-STATE_FILTERS = (None, *STATES, "unknown")
+STATE_FILTERS = (None, *STATES, "unknown", UNREADABLE)
 METHOD_FILTERS = (None, "sft", "kto", "mlx")
+
+
+class MoreStepsScreen(ModalScreen[int | None]):
+    """A finished run resumes only to train more steps: how many (enter), or escape for none."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="more_steps.cancel")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="more-steps"):
+            yield Static(self.question, id="more-steps-question")
+            yield Input(placeholder="steps", type="integer", id="more-steps-input")
+            yield Static("[b]enter[/] train them    [b]escape[/] cancel", id="more-steps-keys")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        if not value.isdigit() or int(value) < 1:
+            self.notify("Give a whole number of steps, 1 or more.", severity="warning")
+            return
+        self.dismiss(int(value))
 
 
 class RunsScreen(Screen):
@@ -101,39 +125,54 @@ class RunsScreen(Screen):
         run = self.selected()
         if run is None:
             return
-        if reconcile(run).state not in ("queued", "running"):
+        if run.problem or reconcile(run).state not in ("queued", "running"):
             self.notify(f"{run.run_id} is not running.", severity="warning")
             return
 
         def cancel() -> None:
-            if cancel_run(run):
-                self.notify(f"{run.run_id}: stop requested; it saves a checkpoint, then ends cancelled.")
-            else:
-                self.notify(f"{run.run_id} had already stopped.", severity="warning")
+            result = cancel_run(run)
+            self.notify(result.message, severity="information" if result else "warning")
 
         self._confirm(f"Cancel {run.run_id}? It saves a checkpoint first.", cancel)
 
     def action_resume_run(self) -> None:
-        from synaptic_tui.jobs import launch_training, reconcile
+        from synaptic_tui.jobs import LaunchRefused, NothingLeftToTrain, plan_resume
 
         run = self.selected()
         if run is None:
             return
-        checkpoints = [c for c in run.checkpoints() if not c.is_final]
-        state = reconcile(run).state
-        if run.legacy or state in ("queued", "running") or not checkpoints:
-            why = ("is a legacy run" if run.legacy else f"is {state}" if state in ("queued", "running")
-                   else "has no checkpoint")
-            self.notify(f"{run.run_id} {why}: nothing to resume.", severity="warning")
+        try:
+            plan = plan_resume(run)
+        except NothingLeftToTrain as finished:
+            # A run that trained all its steps resumes only to train more: ask how many.
+            def more(steps: int | None) -> None:
+                if steps:
+                    try:
+                        self._resume(run, plan_resume(run, finished.checkpoint, steps))
+                    except LaunchRefused as exc:
+                        self.notify(str(exc), severity="warning")
+
+            done = f"trained all {finished.total} steps" if finished.total else "finished"
+            self.app.push_screen(MoreStepsScreen(f"{run.run_id} {done}. Train how many more steps from "
+                                                 f"{finished.checkpoint}? (the schedule is extended)"), more)
             return
-        last = checkpoints[-1].name
+        except LaunchRefused as refused:
+            self.notify(str(refused), severity="warning")
+            return
+        self._confirm(f"Resume {run.run_id} from {plan.checkpoint}?", lambda: self._resume(run, plan))
 
-        def resume() -> None:
-            launch_training(run.path, resume_from=last)
-            self.notify(f"{run.run_id}: resumed from {last}.")
-            self.query_one(RunsTable).reload()
+    def _resume(self, run: RunInfo, plan) -> None:
+        from synaptic_tui.jobs import LaunchRefused, resume_run
+        from synaptic_tui.run_lock import RunLocked
 
-        self._confirm(f"Resume {run.run_id} from {last}?", resume)
+        try:
+            resume_run(run, plan)
+        except (LaunchRefused, RunLocked) as exc:
+            self.notify(str(exc), severity="warning")
+            return
+        more = f", to step {plan.max_steps}" if plan.max_steps else ""
+        self.notify(f"{run.run_id}: resumed from {plan.checkpoint}{more}.")
+        self.query_one(RunsTable).reload()
 
     def action_delete_run(self) -> None:
         from synaptic_tui.jobs import reconcile
@@ -149,8 +188,15 @@ class RunsScreen(Screen):
             return
 
         def delete() -> None:
-            shutil.rmtree(run.path)
-            self.notify(f"Deleted {run.run_id}.")
+            try:
+                if run.path.is_symlink():
+                    run.path.unlink()
+                else:
+                    shutil.rmtree(run.path)
+            except OSError as exc:
+                self.notify(f"Could not delete {run.run_id}: {exc}", severity="error")
+            else:
+                self.notify(f"Deleted {run.run_id}.")
             self.query_one(RunsTable).reload()
 
         self._confirm(f"Delete {run.run_id} and everything in it (checkpoints, exports, evals)?", delete)

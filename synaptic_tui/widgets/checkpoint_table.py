@@ -11,11 +11,14 @@ from textual.widgets import DataTable
 from synaptic_tui.monitor import CheckpointRow, kto_score_cell
 
 BEST = "★"
+DIVERGED = "✗"  # saved after the loss or grad norm went NaN/infinite: never best, never exported
 
 
 def _num(value: Any, fmt: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan / inf: a diverged run shows it
     return format(value, fmt)
 
 
@@ -78,7 +81,8 @@ class CheckpointTable(DataTable):
 
     def cells(self, row: CheckpointRow) -> tuple[str, ...]:
         step = row.step if row.step is not None else row.metrics.get("step", "")
-        return (BEST if row.name == self.best else "", row.name, str(step),
+        mark = BEST if row.name == self.best else "" if row.healthy else DIVERGED
+        return (mark, row.name, str(step),
                 *(cell(row.metrics) for _, _, _, cell in self.columns_spec))
 
     def show(self, rows: list[CheckpointRow], best: str | None) -> None:

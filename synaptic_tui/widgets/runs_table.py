@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -30,22 +31,33 @@ SHORT_METRIC = {"margin/KL": "m/KL", "margin": "margin", "eval_loss": "eval", "l
 
 
 def best_cell(status) -> str:
-    """`@40 0.412 eval`: the best checkpoint's step and the number that made it best."""
-    name = str(status.extra.get("best_checkpoint") or "").replace("checkpoint-", "@")
+    """`@40 0.412 eval`: the best checkpoint's step and the number that made it best (as the trainer
+    recorded it when the run ended, ranked by monitor.rank_checkpoints)."""
+    name = str(status.extra.get("best_checkpoint") or "").replace("checkpoint-", "@")[:17]
     score = status.extra.get("best_score")
-    if not name or not isinstance(score, dict) or not isinstance(score.get("value"), (int, float)):
+    value = score.get("value") if isinstance(score, dict) else None
+    if not name or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or abs(value) > 1e12:
         return name
-    return f"{name} {score['value']:.3f} {SHORT_METRIC.get(score.get('metric'), '')}".rstrip()
+    return f"{name} {value:.3f} {SHORT_METRIC.get(score.get('metric'), '')}".rstrip()
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
+def parse_time(text: str | None) -> datetime | None:
+    """An ISO time from a run's files, or None for anything else (they are untrusted input)."""
+    if not isinstance(text, str) or not text:
         return None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _local(moment: datetime | None) -> str:
+    try:
+        return moment.astimezone().strftime("%m-%d %H:%M") if moment else ""
+    except (OverflowError, ValueError, OSError):  # year 1 or 9999 in a hostile file
+        return ""
 
 
 def format_duration(seconds: float) -> str:
@@ -57,8 +69,8 @@ def format_duration(seconds: float) -> str:
 
 def run_cells(run: RunInfo, now: datetime | None = None, wide: bool = False) -> tuple[str, ...]:
     status = run.status
-    started = _parse_time(status.started_at)
-    ended = _parse_time(status.ended_at)
+    started = parse_time(status.started_at)
+    ended = parse_time(status.ended_at)
     if started and (ended or status.state == "running"):
         duration = format_duration(((ended or now or datetime.now(timezone.utc)) - started).total_seconds())
     else:
@@ -71,7 +83,7 @@ def run_cells(run: RunInfo, now: datetime | None = None, wide: bool = False) -> 
         Path(run.model).name if run.model else "",
         status.state,
         step,
-        started.astimezone().strftime("%m-%d %H:%M") if started else "",
+        _local(started),
         duration,
     )
     if wide:
