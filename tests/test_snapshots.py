@@ -29,9 +29,14 @@ def fixed_preflight(config, runs_dir):
 
     report = PreflightReport(parameters=320320, trainable_parameters=16384, memory_needed_gb=0.32,
                              memory_available_gb=23.1, memory_kind="RAM", rows=100,
-                             token_stats={"rows": 100, "mean": 1721.0, "p50": 1716, "p95": 1855, "max": 1877,
-                                          "max_length": 2048, "over_max": 0, "nothing_to_learn": 0})
-    report.add("info", "dataset", "100 rows, 97 tool calls")
+                             token_stats={"rows": 100, "mean": 1105.0, "p50": 1080, "p95": 1585, "max": 1642,
+                                          "max_length": 2048, "over_max": 0, "nothing_to_learn": 0},
+                             chat_template={"name": "chatml-tools", "source": "builtin", "mask": "markers",
+                                            "reason": "the model's own template drops tool definitions and tool "
+                                                      "calls; using chatml-tools, the built-in for its chatml family"})
+    report.add("info", "dataset", "100 rows, 87 tool calls")
+    report.add("info", "template", "training with chatml-tools, not the model's own template: the model's own "
+               "template drops tool definitions and tool calls; using chatml-tools, the built-in for its chatml family")
     return report
 
 
