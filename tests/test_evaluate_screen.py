@@ -14,7 +14,9 @@ from synaptic_tui.app import SynapticApp
 from synaptic_tui.screens.evaluate import EvalCompareScreen, EvalResultsScreen, EvalsScreen, EvaluateScreen
 from synaptic_tui.services import Services
 
-PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+# A fixed prompt set for the scoring rules (the shipped one is regenerated with the sample data).
+PROMPTS = Path(__file__).parent / "fixtures" / "notes_cases.json"
+SHIPPED = EXAMPLES / "prompts" / "tool_calling.json"
 
 
 async def settle(pilot, predicate, timeout=60.0):

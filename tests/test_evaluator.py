@@ -18,7 +18,9 @@ from evaluator.runner import (EvalCannotRun, compare_evals, create_eval, list_ev
                               preflight, read_results, run_eval)
 from evaluator.scoring import aggregate, calls_from_text, find_calls, score_case, validate
 
-PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+# A fixed prompt set for the scoring rules (the shipped one is regenerated with the sample data).
+PROMPTS = Path(__file__).parent / "fixtures" / "notes_cases.json"
+SHIPPED = EXAMPLES / "prompts" / "tool_calling.json"
 CONTEXT = {"sessionId": "sess_28636c", "workspaceId": "ws_f308"}
 
 
@@ -41,7 +43,16 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 # --- prompt sets ------------------------------------------------------------------
 
 
-def test_the_original_tool_calling_set_loads():
+def test_the_shipped_prompt_set_loads_and_offers_what_each_case_expects():
+    prompt_set = load_prompt_set(SHIPPED)
+    assert len(prompt_set.cases) == 24 and prompt_set.warnings == []
+    assert {"read", "search", "create", "browse", "multi-tool", "no-tool"} == set(prompt_set.tags)
+    for case in prompt_set.cases:
+        assert set(case.expected_tools) <= set(case.tool_schemas()), case.id
+        assert (case.expected_tools == []) == ("no-tool" in case.tags), case.id
+
+
+def test_a_tool_calling_set_in_todays_shape_loads():
     prompt_set = load_prompt_set(PROMPTS)
     assert len(prompt_set.cases) == 24
     first = prompt_set.cases[0]

@@ -380,12 +380,22 @@ def test_a_template_of_another_family_adds_its_tokens_and_trains_their_rows(demo
     run_dir = Path(json.loads(out.stdout)["run_dir"])
     status = read_status(run_dir)
     assert status.extra["chat_template"]["added_tokens"] == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    from transformers import AutoConfig, AutoTokenizer
+
+    trained = AutoTokenizer.from_pretrained(run_dir / "final")
+    added = trained.convert_tokens_to_ids(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+    assert added == list(range(len(trained) - 3, len(trained)))
     adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())
-    assert sorted(adapter["trainable_token_indices"]) == ["embed_tokens", "lm_head"], "untied: both ends train"
+    assert adapter["trainable_token_indices"] == {"embed_tokens": added}
     exported = cli("export", str(run_dir), "--format", "merged-16bit", "--json", runs_dir=runs_dir, timeout=600)
     assert exported.returncode == 0, exported.stderr
     merged = Path(json.loads(exported.stdout)["exports"]["merged-16bit"]["path"])
-    from transformers import AutoConfig, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(merged)
     assert tokenizer.eos_token == "<|eot_id|>" and len(tokenizer) == AutoConfig.from_pretrained(merged).vocab_size
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(merged / "model.safetensors")
+    output = weights["lm_head.weight"]
+    # The new end-of-turn token starts as the old one (<|im_end|>) on the output side.
+    assert torch.equal(output[added[-1]], output[trained.convert_tokens_to_ids("<|im_end|>")])

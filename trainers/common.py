@@ -269,12 +269,12 @@ class TrainingHealth:
             if len(self.equal_logps_steps) >= self.patience:
                 warning = (f"chosen and rejected log-probs have been equal for {len(self.equal_logps_steps)} steps: "
                            "the desirable and undesirable completions may render to the same text")
-        if fatal is not None and self.stop:
-            raise UnhealthyTraining(fatal + " (training.stop_on_unhealthy: false to train on regardless)")
         message = fatal or warning
         if message is not None:
             recent = list(self.writer.status.extra.get("health_warnings") or [])[-4:]
             self.writer.update(health_warnings=recent + [{"step": step, "message": message}])
+        if fatal is not None and self.stop:
+            raise UnhealthyTraining(fatal + " (training.stop_on_unhealthy: false to train on regardless)")
         return message
 
 

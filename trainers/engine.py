@@ -93,15 +93,24 @@ def load_tokenizer(config: dict[str, Any]):
     return tokenizer
 
 
-def token_rows(model, ids: list[int]) -> dict[str, list[int]]:
-    """PEFT's trainable_token_indices for new tokens: the input embeddings, and the output ones when untied
-    (a model that cannot produce its new end-of-turn token never stops)."""
+def grow_vocabulary(model, tokenizer, added: list[int], previous_eos: int | None) -> dict[str, list[int]]:
+    """Make room for tokens the chat template added; returns PEFT's trainable_token_indices for them.
+
+    Their input-embedding rows are trained with the adapter. The output rows are not: TRL's loss reads
+    the output layer's weight directly, past any PEFT wrapper. So the new end-of-turn token starts as a
+    copy of the old end-of-turn token's rows, in and out: the model ends its turns with it from the first
+    step, and generation stops on either.
+    """
+    import torch
+
+    model.resize_token_embeddings(len(tokenizer))
+    eos = tokenizer.eos_token_id
+    if previous_eos is not None and eos in added:
+        with torch.no_grad():
+            for layer in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+                layer.weight[eos] = layer.weight[previous_eos]
     names = {module: name for name, module in model.named_modules()}
-    targets = {names[model.get_input_embeddings()].rsplit(".", 1)[-1]: list(ids)}
-    output = model.get_output_embeddings()
-    if output is not None and output.weight is not model.get_input_embeddings().weight:
-        targets[names[output].rsplit(".", 1)[-1]] = list(ids)
-    return targets
+    return {names[model.get_input_embeddings()].rsplit(".", 1)[-1]: list(added)}
 
 
 def load_for_training(config: dict[str, Any], engine: str, prepare_tokenizer: Callable[[Any], list[int]]
@@ -153,13 +162,12 @@ def load_for_training(config: dict[str, Any], engine: str, prepare_tokenizer: Ca
                                                            bnb_4bit_compute_dtype=kwargs["dtype"])
     model = AutoModelForCausalLM.from_pretrained(model_cfg["name"], **kwargs)
     tokenizer = load_tokenizer(config)
+    previous_eos = tokenizer.eos_token_id
     added = prepare_tokenizer(tokenizer)
-    trainable = None
-    if added:
-        model.resize_token_embeddings(len(tokenizer))
-        trainable = token_rows(model, added)
+    trainable = grow_vocabulary(model, tokenizer, added, previous_eos) if added else None
     if tokenizer.eos_token_id is not None and model.generation_config is not None:
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        stops = [tokenizer.eos_token_id] + ([previous_eos] if previous_eos not in (None, tokenizer.eos_token_id) else [])
+        model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     return model, tokenizer, lora_config(config, trainable)
 
 
