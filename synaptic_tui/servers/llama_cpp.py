@@ -1,0 +1,54 @@
+"""llama.cpp's server for GGUF files: `llama-server` where it is on PATH, else llama-cpp-python's.
+
+A checkpoint is converted first (the gguf-q8_0 export, made on demand). llama.cpp's
+own server runs the GGUF's chat template (`--jinja`) and parses tool calls
+itself; llama-cpp-python's server does neither for our templates, so its tool
+calls are read from the text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from synaptic_tui.servers import Plan, module_missing
+from synaptic_tui.servers.targets import Target
+
+INSTALL = ("llama.cpp's llama-server on PATH, or llama-cpp-python's server (compiles from source): "
+           "CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install -c .ci/constraints.txt -e '.[llama-cpp]'")
+CONTEXT = 4096
+
+
+class LlamaCppServer:
+    name = "llama.cpp"
+    title = "llama.cpp server"
+    extra = "llama-cpp"
+
+    def missing(self) -> str | None:
+        if shutil.which("llama-server") or not module_missing("llama_cpp", "llama_cpp.server"):
+            return None
+        return f"not installed: {INSTALL}"
+
+    def export_needed(self, target: Target) -> str | None:
+        return None if target.gguf is not None else "gguf-q8_0"
+
+    def plan(self, target: Target, model: str, port: int, work: Path) -> Plan:
+        path = Path(model)
+        if path.is_dir():  # an export directory: its one .gguf file
+            path = next(path.glob("*.gguf"))
+        alias = target.served_name
+        binary = shutil.which("llama-server")
+        if binary:
+            command = [binary, "-m", str(path), "--alias", alias, "--host", "127.0.0.1", "--port", str(port),
+                       "-c", str(CONTEXT), "--jinja"]
+            return Plan(command, model_id=alias, serves={target.key: alias}, tool_parser="llama.cpp")
+        # Several eval requests arrive at once: without --interrupt_requests False each new one cuts off
+        # the stream being generated.
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
+                   "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT),
+                   "--interrupt_requests", "False"]
+        return Plan(command, model_id=alias, serves={target.key: alias})
+
+
+ENGINE = LlamaCppServer()
