@@ -282,12 +282,13 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
     async def go() -> tuple[Path, dict[str, Any]]:
         nonlocal eval_dir
         if settings.serve and not (args.resume and args.url):
-            from evaluator.runner import serve_for_eval
+            from evaluator.runner import save_settings, serve_for_eval
 
             if eval_dir is None:  # named for what is served, and where the app looks if serving fails
                 eval_dir = create_eval(settings, roots[0])
             await serve_for_eval(settings, say=None if args.json else lambda message: print(
                 f"{prog}: {message}", file=sys.stderr, flush=True))
+            save_settings(eval_dir, settings)  # the server's URL and model id, for run_eval and a later resume
         for warning in await preflight(settings):
             print(f"{prog}: warning: {warning}", file=sys.stderr)
         if eval_dir is None:

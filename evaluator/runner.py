@@ -288,6 +288,14 @@ async def serve_for_eval(settings: EvalSettings, say: Callable[[str], Any] | Non
     settings.tool_format = settings.tool_format or target.tool_format
 
 
+def save_settings(eval_dir: Path, settings: EvalSettings) -> None:
+    """Record settings that changed once the eval began (the server `--serve` started and its model id)."""
+    meta = _read_json(Path(eval_dir) / "eval.json")
+    if isinstance(meta, dict):
+        meta["settings"] = asdict(settings)
+        _write_meta(Path(eval_dir), meta)
+
+
 def new_settings(backend: str, model: str, prompt_set: PromptSet, *, url: str | None = None,
                  tags: list[str] | None = None, limit: int | None = None, shuffle: bool = False, seed: int = 0,
                  **options: Any) -> EvalSettings:

@@ -36,10 +36,9 @@ class MlxLmServer:
         parser = MLX_PARSERS.get(target.tool_format or "")
         served = model
         if Path(model).is_dir():
-            # mlx_lm.server answers to the --model it was given: a view named for the target, relative to the
-            # server's directory (its working directory), is that name.
-            served = target.served_name
-            model_view(Path(model), work / served, {"tool_parser_type": parser} if parser else {})
+            # A view named for the target; mlx_lm.server lists (and answers to) its absolute path.
+            served = str(model_view(Path(model), work / target.served_name,
+                                    {"tool_parser_type": parser} if parser else {}).resolve())
             if parser:
                 notes.append(f"tool calls parsed by the server (mlx-lm's {parser} parser)")
         command = [sys.executable, "-m", "mlx_lm", "server", "--model", served, "--host", "127.0.0.1",
