@@ -21,6 +21,7 @@ class Action:
     title: str
     key: str
     help: str
+    on_bar: bool = True  # listed in the home screen's bar (which holds 80 columns' worth); always in help and palette
 
 
 ACTIONS = (
@@ -29,6 +30,8 @@ ACTIONS = (
     Action("upload", "Upload", "u", "Export a checkpoint and push it to the Hugging Face Hub"),
     Action("evaluate", "Evaluate", "e", "Run a prompt set against Ollama or an OpenAI-compatible server"),
     Action("chat", "Chat", "c", "Talk to a served checkpoint or model, beside its base model"),
+    Action("servers", "Servers", "s", "Local servers of checkpoints and models: what each serves; stop them",
+           on_bar=False),
     Action("pipelines", "Pipelines", "p", "Train, pick the best, export and evaluate as one resumable job"),
     Action("doctor", "Doctor", "d", "Check Python, extras, GPU, MLX, disk, servers and HF token"),
 )
@@ -82,6 +85,10 @@ class SynapticApp(App[int]):
             from synaptic_tui.screens.evaluate import EvaluateScreen
 
             return EvaluateScreen()
+        if name == "servers":
+            from synaptic_tui.screens.servers import ServersScreen
+
+            return ServersScreen()
         if name == "chat":
             from synaptic_tui.screens.chat import ChatScreen
 
@@ -127,6 +134,9 @@ class SynapticApp(App[int]):
                                             say=lambda message: reply("progress", message))
         except (ServeError, TargetError) as exc:
             reply("failed", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - shown in the screen that asked, never fatal to the app
+            reply("failed", f"{type(exc).__name__}: {exc}")
             return
         reply("ready", server)
 

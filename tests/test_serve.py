@@ -440,3 +440,59 @@ async def test_evaluate_a_checkpoint_from_the_run_view_with_the_base_model_besid
     assert {tuned.settings.url, base.settings.url} == {served["sft-demo-model-checkpoint-4"].url,
                                                         served["demo-model"].url}
     assert "starting transformers serve for" in (evals[0] / "eval.log").read_text()
+
+
+# --- the servers screen -------------------------------------------------------------------------------------
+
+
+def write_servers(runs_dir: Path) -> None:
+    """Three servers as server.json leaves them: one ready, one stopped, one that crashed."""
+    from synaptic_tui.servers.launch import Server, servers_root, write_server
+
+    rows = [("20261120-093000-transformers-checkpoint-40", "transformers", "ready", 41001,
+             "20261120-091500-sft-demo-model:checkpoint-40", "sft-demo-model-checkpoint-40", None),
+            ("20261120-092000-mlx-smollm2", "mlx", "stopped", 41002, "smollm2", "smollm2-135m-instruct", None),
+            ("20261120-091000-transformers-broken", "transformers", "failed", 41003, "broken", "broken",
+             "transformers exited: ValueError: Unrecognized model in broken")]
+    for server_id, engine, state, port, label, model_id, error in rows:
+        path = servers_root(runs_dir) / server_id
+        path.mkdir(parents=True)
+        write_server(Server(server_id, engine, label, label, f"/k/{label}", port, f"http://127.0.0.1:{port}/v1",
+                            model_id, {f"/k/{label}": model_id}, state, "transformers" if engine == "transformers"
+                            else None, "hermes", started_at="2026-11-20T09:30:00+00:00", error=error, path=path))
+
+
+def test_servers_screen(snap_compare, runs_dir, monkeypatch):
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.services import Services
+
+    monkeypatch.chdir(runs_dir.parent)
+    write_servers(runs_dir)
+    app = SynapticApp(Services(runs_dir=runs_dir))
+    assert snap_compare(app, press=["s", "down", "down"], terminal_size=(140, 30))
+
+
+@pytest.mark.slow
+async def test_the_servers_screen_stops_a_real_server(servers_dir, demo_model):
+    from textual.widgets import DataTable
+
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.screens.servers import ServersScreen
+    from synaptic_tui.services import Services
+
+    server = serve(str(demo_model), servers_dir)
+    app = SynapticApp(Services(runs_dir=servers_dir, refresh_seconds=0.2))
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.press("s")
+        screen = app.screen
+        assert isinstance(screen, ServersScreen)
+        table = screen.query_one(DataTable)
+        assert table.get_row(server["server_id"])[:2] == [server["server_id"], "transformers"]
+        assert str(table.get_row(server["server_id"])[2]) == "ready"
+        await pilot.press("x")
+        for _ in range(600):
+            await pilot.pause(0.1)
+            if str(table.get_row(server["server_id"])[2]) == "stopped":
+                break
+        assert str(table.get_row(server["server_id"])[2]) == "stopped"
+    assert trainer_alive(Path(server["path"])) is False

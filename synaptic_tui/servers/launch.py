@@ -41,7 +41,7 @@ class Server:
     server_id: str
     engine: str
     label: str  # what it was started for, as a person reads it
-    ref: str
+    ref: str  # the same, resolved (targets.Target.portable_ref): what to ask `serve` for again
     key: str  # the target it was started for (targets.Target.key)
     port: int
     url: str  # ends in /v1
@@ -56,6 +56,7 @@ class Server:
     ready_at: str | None = None
     ended_at: str | None = None
     error: str | None = None
+    stop_requested_at: str | None = None  # set before the signal, so whoever sees it gone knows it was asked to go
     path: Path = field(default=Path("."), compare=False)
 
     @property
@@ -124,9 +125,13 @@ def reconcile_server(server: Server) -> Server:
     fresh = read_server(server.path) or server  # a stopper may have written its state meanwhile
     if not fresh.live:
         return fresh
-    tail = log_tail(fresh.log_path)
-    fresh.state, fresh.ended_at = FAILED, utc_now()
-    fresh.error = f"{fresh.engine} exited" + (f": {tail[-1]}" if tail else " without output")
+    fresh.ended_at = utc_now()
+    if fresh.stop_requested_at:
+        fresh.state = STOPPED
+    else:
+        tail = log_tail(fresh.log_path)
+        fresh.state = FAILED
+        fresh.error = f"{fresh.engine} exited" + (f": {tail[-1]}" if tail else " without output")
     write_server(fresh)
     return fresh
 
@@ -169,6 +174,9 @@ def stop_server(server: Server, grace: float = STOP_GRACE_S) -> bool:
     record = read_launch(server.path)
     was_running = record is not None and process_alive(server) is True
     if was_running:
+        fresh = read_server(server.path) or server
+        fresh.stop_requested_at = utc_now()
+        write_server(fresh)
         try:
             os.killpg(record.pgid, signal.SIGTERM)
         except ProcessLookupError:
@@ -260,7 +268,7 @@ def launch_server(target: Target, engine: Engine, weights: str, runs_dir: Path, 
         raise ServeError(f"no free server id under {root}")
     port = port or free_port()
     plan = engine.plan(target, weights, port, path)
-    server = Server(path.name, engine.name, target.label, target.ref, target.key, port,
+    server = Server(path.name, engine.name, target.label, target.portable_ref, target.key, port,
                     f"http://127.0.0.1:{port}/v1", plan.model_id, plan.serves, STARTING, plan.tool_parser,
                     target.tool_format, plan.command, plan.notes, started_at=utc_now(), path=path)
     write_server(server)
@@ -277,6 +285,18 @@ async def probe(server: Server, timeout: float = 2.0) -> list[str] | None:
             return await client.list_models()
         except BackendError:
             return None
+
+
+async def answers(server: Server) -> bool:
+    """Whether a server that was ready still is: it lists models, or is too busy generating to say so in time."""
+    from evaluator.clients import BackendError, OpenAIClient
+
+    async with OpenAIClient(server.url, timeout=10, connect_timeout=5, retries=0) as client:
+        try:
+            await client.list_models()
+        except BackendError as exc:
+            return exc.kind == "timeout"
+    return True
 
 
 async def wait_ready(server: Server, timeout: float = 900.0, say: Say | None = None) -> Server:
@@ -337,7 +357,7 @@ async def ensure_server(target: Target, runs_dir: Path, *, engine: str | None = 
     await asyncio.to_thread(lock.__enter__)
     try:
         existing = serving(runs_dir, target, engine)
-        if existing is not None and existing.state == READY and await probe(existing) is None:
+        if existing is not None and existing.state == READY and not await answers(existing):
             say(f"{existing.server_id} does not answer: stopping it and starting another")
             await asyncio.to_thread(stop_server, existing)
             existing = None
