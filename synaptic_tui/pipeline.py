@@ -593,7 +593,8 @@ def eval_stage(runner: Runner, stage: StageState) -> str:
         if not local:
             runner.say("eval: baseline skipped: only backend local can serve the base model itself")
         else:
-            baseline = _evaluate(runner, "baseline", f"{run_dir}:base", runner.dir / "evals")
+            # The pipeline's base model, not the run's: a KTO run's base is the SFT stage's merge.
+            baseline = _evaluate(runner, "baseline", str(_demo_resolved(base_model)), runner.dir / "evals")
             comparison = compare_evals(stage.result["baseline_dir"], stage.result["eval_dir"])
             atomic_write_text(runner.dir / "baseline_comparison.json", json.dumps(comparison, indent=2) + "\n")
             stage.result.update(baseline_pass_rate=baseline.get("pass_rate"),

@@ -97,10 +97,20 @@ def default_order() -> list[str]:
     return ["transformers", "mlx", "llama.cpp"]
 
 
+def _only_gguf_exported(target: Target) -> bool:
+    from synaptic_tui.exporting import export_dir, read_export
+    from synaptic_tui.servers.llama_cpp import exported_gguf
+
+    return (target.run_dir is not None and exported_gguf(target) is not None
+            and read_export(export_dir(target.run_dir, target.checkpoint, "merged-16bit")) is None)
+
+
 def choose_engine(target: Target, wanted: str | None = None) -> Engine:
     """The engine for a target: `wanted` if it can run here, else the first of the platform's order that can.
 
-    A GGUF file goes to llama.cpp. Raises ServeError saying what to install when nothing can serve it.
+    A GGUF file goes to llama.cpp, and so does a checkpoint exported as GGUF and not merged (where llama.cpp is
+    installed): what was made is served, nothing new is merged. Raises ServeError saying what to install when
+    nothing can serve it.
     """
     table = engines()
     if wanted and wanted != "auto":
@@ -112,6 +122,8 @@ def choose_engine(target: Target, wanted: str | None = None) -> Engine:
             raise ServeError(reason)
         return engine
     order = ["llama.cpp"] if target.gguf is not None else default_order()
+    if target.checkpoint and _only_gguf_exported(target):
+        order = ["llama.cpp"] + [n for n in order if n != "llama.cpp"]  # serve what was made, merge nothing new
     reasons = []
     for name in order:
         reason = table[name].missing()

@@ -20,6 +20,16 @@ INSTALL = ("llama.cpp's llama-server on PATH, or llama-cpp-python's server (comp
 CONTEXT = 4096
 
 
+def exported_gguf(target: Target) -> str | None:
+    """A GGUF format the target's checkpoint is already exported in, q8_0 first."""
+    from synaptic_tui.exporting import export_dir, read_export
+
+    if target.run_dir is None or target.checkpoint is None:
+        return None
+    return next((fmt for fmt in ("gguf-q8_0", "gguf-f16", "gguf-q4_k_m")
+                 if read_export(export_dir(target.run_dir, target.checkpoint, fmt))), None)
+
+
 class LlamaCppServer:
     name = "llama.cpp"
     title = "llama.cpp server"
@@ -31,7 +41,9 @@ class LlamaCppServer:
         return f"not installed: {INSTALL}"
 
     def export_needed(self, target: Target) -> str | None:
-        return None if target.gguf is not None else "gguf-q8_0"
+        if target.gguf is not None:
+            return None
+        return exported_gguf(target) or "gguf-q8_0"
 
     def plan(self, target: Target, model: str, port: int, work: Path) -> Plan:
         path = Path(model)
