@@ -129,6 +129,58 @@ async def test_the_same_message_goes_to_both_models_and_a_tool_call_is_a_block(r
     assert load_last(base.history).messages[1]["content"] == "I can't search your notes, sorry."
 
 
+async def test_system_prompt_a_cases_tools_and_clearing_them_change_what_is_sent(runs_dir, monkeypatch):
+    from synaptic_tui.screens.chat import CasePicker
+
+    monkeypatch.chdir(runs_dir)  # no ./prompts here: the picker lists the shipped example sets
+    with OpenAIServer({"tuned": scripted({}, default={"content": "ok"})}) as server:
+        tuned, _ = scripted_sides(server, runs_dir)
+        app = chat_app(runs_dir)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await app.push_screen(ChatScreen(tuned))
+            screen = app.screen
+            [column] = screen.query(ChatColumn)
+            chat_input = screen.query_one("#chat-input", Input)
+
+            async def send(text: str) -> dict:
+                before = len(server.asked("tuned"))
+                chat_input.value = text
+                chat_input.focus()
+                await pilot.press("enter")
+                await settle(pilot, lambda: len(server.asked("tuned")) == before + 1 and not screen.workers)
+                return server.asked("tuned")[-1]
+
+            await pilot.press("ctrl+o")
+            system = screen.query_one("#chat-system", Input)
+            assert system.has_focus
+            system.value = "Answer in one word."
+            await pilot.press("enter")
+            assert not system.display and chat_input.has_focus
+            body = await send("hi")
+            assert body["messages"] == [{"role": "system", "content": "Answer in one word."},
+                                        {"role": "user", "content": "hi"}] and "tools" not in body
+
+            await pilot.press("ctrl+l")
+            picker = app.screen
+            assert isinstance(picker, CasePicker)
+            first = next(iter(picker.cases.values()))
+            await pilot.press("enter")
+            assert app.screen is screen and chat_input.value == first.question
+            body = await send(first.question)
+            # A case brings its own system prompt and tools, and starts a new chat.
+            assert body["messages"] == ([{"role": "system", "content": first.system}] if first.system else []) + [
+                {"role": "user", "content": first.question}]
+            assert [t["function"]["name"] for t in body["tools"]] == [t["function"]["name"] for t in first.tools]
+            await pilot.press("ctrl+t")
+            body = await send("and now?")
+            assert "tools" not in body and body["messages"][-1] == {"role": "user", "content": "and now?"}
+            assert len(body["messages"]) == 1 + bool(first.system)  # clearing the tools started a new chat
+            await pilot.press("ctrl+n")
+            assert texts(column, ".-note") == ["(new chat)"]
+            await pilot.press("ctrl+g")  # no base model to show beside a server given as it is
+            assert len(screen.query(ChatColumn)) == 1
+
+
 async def test_a_server_that_dies_mid_chat_fails_that_request_and_loses_nothing(runs_dir):
     models = {"tuned": scripted({}, default={"content": "Hello there."}), "base": scripted({})}
     server = OpenAIServer(models).__enter__()
