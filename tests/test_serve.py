@@ -145,6 +145,18 @@ def test_the_default_engine_on_a_cpu_is_transformers_serve_and_gguf_goes_to_llam
         assert choose_engine(target).name == "llama.cpp"
 
 
+def test_doctor_says_which_engines_are_here_and_which_serve_picks():
+    from synaptic_tui.doctor import check_serving
+
+    check = check_serving()
+    assert check.status == "ok" and check.detail["default"] == "transformers"
+    assert {"transformers", "mlx"} <= set(check.detail["available"])
+    assert check.summary.startswith("default transformers serve; available: transformers serve, mlx_lm.server")
+    vllm = check.detail["engines"]["vllm"]
+    assert vllm["extra"] == "vllm" and ("not installed" in vllm["missing"] or "NVIDIA GPU" in vllm["missing"])
+    assert "vLLM (.[vllm])" in check.summary
+
+
 def test_vllm_serves_every_checkpoint_of_a_run_as_lora_adapters_on_one_server(trained_sft_run, runs_dir,
                                                                                demo_model, tmp_path):
     from synaptic_tui.servers.vllm import ENGINE
