@@ -52,6 +52,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="server URL (default: Ollama http://127.0.0.1:11434, "
                                       "OpenAI-compatible http://127.0.0.1:1234/v1 as LM Studio serves it)")
     parser.add_argument("--model", help="model name as the server lists it")
+    parser.add_argument("--serve", metavar="RUN[:CHECKPOINT]|MODEL",
+                        help="serve this checkpoint (or base model, export, model directory) on a local server "
+                             "first, or reuse the one serving it; sets --backend, --url and --model")
+    parser.add_argument("--engine", choices=["auto", "vllm", "transformers", "mlx", "llama.cpp"],
+                        help="with --serve: the server engine (default: the fastest this machine has)")
     parser.add_argument("--prompt-set", metavar="FILE", help="JSON list, {\"cases\": [...]} or JSONL of cases")
     parser.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight (default 4)")
     parser.add_argument("--tags", help="only cases with any of these tags (comma-separated)")
@@ -249,6 +254,20 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
         if args.case_timeout:
             settings.case_timeout = args.case_timeout
     else:
+        target = None
+        if getattr(args, "serve", None):
+            from synaptic_tui.servers.targets import TargetError, resolve_target
+
+            if args.url or args.model or args.backend == "ollama":
+                raise EvalUsageError("--serve picks the server and model itself: leave out --url, --model and "
+                                     "--backend ollama")
+            try:
+                target = resolve_target(args.serve, runs_dir)
+            except TargetError as exc:
+                raise EvalUsageError(str(exc)) from None
+            args.backend, args.model = "openai", target.label
+            if target.run_dir is not None and not args.run and not args.evals_dir:
+                roots = [target.run_dir / "evals"]  # filed under the run whose checkpoint it is
         missing = [flag for flag, value in (("--model", args.model), ("--prompt-set", args.prompt_set)) if not value]
         if missing:
             raise EvalUsageError(f"{' and '.join(missing)} required (or --resume EVAL, or --compare A B)")
@@ -268,8 +287,12 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
                                 temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                 stream=not args.no_stream, concurrency=args.concurrency or 4,
                                 timeout=args.timeout, retries=args.retries, case_timeout=args.case_timeout,
-                                run_id=roots[0].parent.name if args.run else None,
+                                run_id=roots[0].parent.name if args.run or target and target.run_dir else None,
                                 **_scoring_options(args, prompt_set))
+        if target is not None:
+            settings.serve, settings.engine, settings.runs_dir = target.portable_ref, args.engine, str(runs_dir)
+            settings.checkpoint = target.checkpoint
+            settings.tool_format = settings.tool_format or target.tool_format
         if not settings.case_ids:
             raise EvalUsageError(f"no case of {args.prompt_set} matches --tags {args.tags}")
         eval_dir = None
@@ -278,6 +301,14 @@ def _run(args: argparse.Namespace, runs_dir: Path, prog: str) -> int:
 
     async def go() -> tuple[Path, dict[str, Any]]:
         nonlocal eval_dir
+        if settings.serve and not (args.resume and args.url):
+            from evaluator.runner import save_settings, serve_for_eval
+
+            if eval_dir is None:  # named for what is served, and where the app looks if serving fails
+                eval_dir = create_eval(settings, roots[0])
+            await serve_for_eval(settings, say=None if args.json else lambda message: print(
+                f"{prog}: {message}", file=sys.stderr, flush=True))
+            save_settings(eval_dir, settings)  # the server's URL and model id, for run_eval and a later resume
         for warning in await preflight(settings):
             print(f"{prog}: warning: {warning}", file=sys.stderr)
         if eval_dir is None:

@@ -301,7 +301,8 @@ class OllamaClient(_HTTPBackend):
 
 
 class OpenAIClient(_HTTPBackend):
-    """OpenAI-compatible servers (LM Studio, llama.cpp server, vLLM, mlx_lm.server): /models, /chat/completions."""
+    """OpenAI-compatible servers (LM Studio, llama.cpp server, vLLM, mlx_lm.server, transformers serve):
+    /models, /chat/completions."""
 
     kind = "openai"
 
@@ -313,7 +314,8 @@ class OpenAIClient(_HTTPBackend):
 
     async def chat(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *,
                    temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                   stream: bool = True) -> ChatResult:
+                   stream: bool = True, on_text: Callable[[str], None] | None = None) -> ChatResult:
+        """One chat completion; `on_text` gets each streamed piece of text as it arrives (the Chat screen)."""
         body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
         for key, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
             if value is not None:
@@ -343,6 +345,14 @@ class OpenAIClient(_HTTPBackend):
             tokens: tuple[int | None, int | None] = (None, None)
             last: dict[str, Any] = {}
             output_chunks = 0  # servers stream one token per chunk: the count when no usage comes
+
+            def result() -> ChatResult:
+                source, counted = "server", tokens
+                if counted[1] is None and output_chunks:
+                    counted, source = (counted[0], output_chunks), "stream"
+                return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *counted, finish,
+                                  first_token_s=first, raw=last, token_source=source)
+
             async for line in _lines(response):
                 if line.startswith(":"):  # SSE comment (mlx_lm.server sends keep-alives)
                     continue
@@ -350,11 +360,7 @@ class OpenAIClient(_HTTPBackend):
                     continue  # event:/id: fields carry nothing we use
                 payload = line[5:].strip()
                 if payload == "[DONE]":
-                    source = "server"
-                    if tokens[1] is None and output_chunks:
-                        tokens, source = (tokens[0], output_chunks), "stream"
-                    return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *tokens, finish,
-                                      first_token_s=first, raw=last, token_source=source)
+                    return result()
                 try:
                     chunk = json.loads(payload)
                 except json.JSONDecodeError:
@@ -373,6 +379,8 @@ class OpenAIClient(_HTTPBackend):
                     if delta.get("content"):
                         first = first or time.perf_counter()
                         parts.append(delta["content"])
+                        if on_text is not None:
+                            on_text(delta["content"])
                     for i, piece in enumerate(delta.get("tool_calls") or []):
                         first = first or time.perf_counter()
                         slot = calls.setdefault(piece.get("index", i), {"function": {"name": "", "arguments": ""}})
@@ -384,7 +392,12 @@ class OpenAIClient(_HTTPBackend):
                         elif arguments:
                             slot["function"]["arguments"] += arguments
                     finish = choice.get("finish_reason") or finish
-            raise BackendError("truncated", f"{where}: stream ended without [DONE] ({len(parts)} chunks received)")
+            if finish is not None:
+                # `transformers serve` ends its streams with the chunk carrying finish_reason (and usage),
+                # without `data: [DONE]`: an answer the server called finished is complete.
+                return result()
+            raise BackendError("truncated", f"{where}: stream ended without [DONE] or a finish_reason "
+                                            f"({len(parts)} chunks received)")
 
         return await self._post("/chat/completions", body, stream, read_stream, read_body)
 

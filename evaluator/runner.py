@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -72,6 +73,11 @@ class EvalSettings:
     judge_url: str | None = None  # an OpenAI-compatible server; with judge_model, it decides judged checks
     judge_model: str | None = None
     repeats: int = 1  # tries per case (temperature above 0)
+    # A model synaptic-tui serves itself (`--serve`): RUN:CHECKPOINT or a model, resolved; the server is
+    # started or reused when the eval runs, and url/model are then its own.
+    serve: str | None = None
+    engine: str | None = None
+    runs_dir: str | None = None  # where that target's run and the servers live
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
@@ -309,6 +315,31 @@ def _judge_client(settings: EvalSettings) -> OpenAIClient:
                         max_connections=max(settings.concurrency, 1), api_key=os.environ.get(API_KEY_ENV))
 
 
+async def serve_for_eval(settings: EvalSettings, say: Callable[[str], Any] | None = None) -> None:
+    """Start (or reuse) the server of `settings.serve` and point the eval at it."""
+    from synaptic_tui.servers import ServeError
+    from synaptic_tui.servers.launch import ensure_server
+    from synaptic_tui.servers.targets import TargetError, resolve_target
+
+    runs_dir = Path(settings.runs_dir or "runs")
+    try:
+        target = resolve_target(settings.serve, runs_dir)
+        server, _ = await ensure_server(target, runs_dir, engine=settings.engine, timeout=settings.timeout * 10,
+                                        say=say)
+    except (ServeError, TargetError) as exc:
+        raise EvalCannotRun(str(exc)) from None
+    settings.backend, settings.url, settings.model = "openai", server.url, server.model_id
+    settings.tool_format = settings.tool_format or target.tool_format
+
+
+def save_settings(eval_dir: Path, settings: EvalSettings) -> None:
+    """Record settings that changed once the eval began (the server `--serve` started and its model id)."""
+    meta = _read_json(Path(eval_dir) / "eval.json")
+    if isinstance(meta, dict):
+        meta["settings"] = asdict(settings)
+        _write_meta(Path(eval_dir), meta)
+
+
 def new_settings(backend: str, model: str, prompt_set: PromptSet, *, url: str | None = None,
                  tags: list[str] | None = None, limit: int | None = None, shuffle: bool = False, seed: int = 0,
                  **options: Any) -> EvalSettings:
@@ -474,6 +505,14 @@ async def run_eval(eval_dir: str | Path, *, on_result: Callable[[dict[str, Any]]
         settings.concurrency = concurrency
     if url:
         settings.url = url
+    elif settings.serve:
+        # The server may have stopped since the eval began (or never started: launched from the app).
+        try:
+            await serve_for_eval(settings, say=lambda message: print(f"[serve] {message}", file=sys.stderr,
+                                                                      flush=True))
+        except EvalCannotRun as exc:
+            mark_eval_failed(eval_dir, str(exc))
+            raise
     cases = _resolve_cases(settings)
     tools = _tools_for(settings)
     results_path = eval_dir / "results.jsonl"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -21,6 +21,7 @@ class Action:
     title: str
     key: str
     help: str
+    on_bar: bool = True  # listed in the home screen's bar (which holds 80 columns' worth); always in help and palette
 
 
 ACTIONS = (
@@ -28,6 +29,9 @@ ACTIONS = (
     Action("runs", "Runs", "r", "Every run in the runs dir, live"),
     Action("upload", "Upload", "u", "Export a checkpoint and push it to the Hugging Face Hub"),
     Action("evaluate", "Evaluate", "e", "Run a prompt set against Ollama or an OpenAI-compatible server"),
+    Action("chat", "Chat", "c", "Talk to a served checkpoint or model, beside its base model"),
+    Action("servers", "Servers", "s", "Local servers of checkpoints and models: what each serves; stop them",
+           on_bar=False),
     Action("pipelines", "Pipelines", "p", "Train, pick the best, export and evaluate as one resumable job"),
     Action("doctor", "Doctor", "d", "Check Python, extras, GPU, MLX, disk, servers and HF token"),
 )
@@ -81,6 +85,14 @@ class SynapticApp(App[int]):
             from synaptic_tui.screens.evaluate import EvaluateScreen
 
             return EvaluateScreen()
+        if name == "servers":
+            from synaptic_tui.screens.servers import ServersScreen
+
+            return ServersScreen()
+        if name == "chat":
+            from synaptic_tui.screens.chat import ChatScreen
+
+            return ChatScreen()
         raise KeyError(name)
 
     def action_open(self, name: str) -> None:
@@ -105,6 +117,28 @@ class SynapticApp(App[int]):
             self.call_from_thread(self.notify, f"Launch failed: {exc}", severity="error")
             return
         self.call_from_thread(self.show_run, run_dir)
+
+    def serve(self, ref: str, reply: Callable[[str, Any], None]) -> None:
+        """Start (or reuse) a server for RUN[:CHECKPOINT] | MODEL from the App, so leaving a screen never stops one
+        half-way up; `reply` gets ("progress", text), then ("ready", server) or ("failed", reason)."""
+        self.run_worker(self._serve(ref, reply), group="serve", exit_on_error=False)
+
+    async def _serve(self, ref: str, reply: Callable[[str, Any], None]) -> None:
+        from synaptic_tui.servers import ServeError
+        from synaptic_tui.servers.launch import ensure_server
+        from synaptic_tui.servers.targets import TargetError, resolve_target
+
+        try:
+            target = resolve_target(ref, self.services.runs_dir)
+            server, _ = await ensure_server(target, self.services.runs_dir,
+                                            say=lambda message: reply("progress", message))
+        except (ServeError, TargetError) as exc:
+            reply("failed", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - shown in the screen that asked, never fatal to the app
+            reply("failed", f"{type(exc).__name__}: {exc}")
+            return
+        reply("ready", server)
 
     def show_run(self, run_dir) -> None:
         from synaptic_tui.screens.run_view import RunScreen

@@ -111,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(ev)
 
+    serve = sub.add_parser(
+        "serve", help="serve a checkpoint, export or model on a local OpenAI-compatible server (detached)",
+        description="serve RUN[:CHECKPOINT] | MODEL starts (or reuses) a server and prints its URL; "
+                    "serve list shows them; serve stop ID|--all stops them. CHECKPOINT is checkpoint-N, final, "
+                    "best (the default) or base (the run's base model).")
+    _add_common(serve)
+    serve.add_argument("target", nargs="?", metavar="RUN[:CHECKPOINT]|MODEL|list|stop",
+                       help="what to serve (a run's checkpoint, a model directory, a .gguf, demo, smollm2, a Hub "
+                            "id), or list / stop")
+    serve.add_argument("server", nargs="?", metavar="ID", help="with stop: the server (id, prefix or port)")
+    serve.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers", "mlx", "llama.cpp"],
+                       help="auto (default): vLLM on CUDA, mlx_lm.server on Apple silicon, transformers serve "
+                            "on CPU, llama.cpp for GGUF files")
+    serve.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    serve.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the server to be ready")
+    serve.add_argument("--all", action="store_true", help="with stop: every running server")
+
     pipe = sub.add_parser(
         "pipeline", help="train -> export -> evaluate as one resumable job",
         description="Start a pipeline from a config with a pipeline: section (--config), or act on one: "
@@ -642,7 +659,81 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def format_server(server) -> str:
+    tools = (f"parsed by the server ({server.tool_parser})" if server.tool_parser
+             else f"read from the text ({server.tool_format or 'every format'})")
+    lines = [f"{server.label}: {server.state} on {server.engine}",
+             f"  url     {server.url}",
+             f"  model   {server.model_id}",
+             f"  server  {server.server_id}   (stop: synaptic-tui serve stop {server.server_id})",
+             f"  tools   {tools}",
+             f"  log     {server.log_path}"]
+    lines += [f"  note    {note}" for note in server.notes]
+    if server.error:
+        lines.append(f"  error   {server.error}")
+    return "\n".join(lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from synaptic_tui.servers import ServeError
+    from synaptic_tui.servers.launch import ensure_server, find_server, list_servers, stop_server
+    from synaptic_tui.servers.targets import TargetError, resolve_target
+
+    runs_dir = resolve_runs_dir(args.runs_dir)
+    if args.target in (None, "list"):
+        servers = list_servers(runs_dir)
+        if args.json:
+            _print_json([s.to_dict() for s in servers])
+        elif not servers:
+            print("no servers (start one: synaptic-tui serve RUN[:CHECKPOINT] | MODEL)")
+        else:
+            print(f"{'ID':<46} {'ENGINE':<12} {'STATE':<8} {'URL':<28} SERVES")
+            for s in servers:
+                print(f"{s.server_id:<46} {s.engine:<12} {s.state:<8} {s.url:<28} {s.label}")
+                if s.error:
+                    print(f"{'':<46} {s.error}")
+        return EXIT_OK
+    if args.target == "stop":
+        if args.all:
+            servers = list_servers(runs_dir, live_only=True)
+        elif args.server:
+            servers = [find_server(runs_dir, args.server)]
+        else:
+            raise UsageError("serve stop needs a server id (see serve list) or --all")
+        stopped = [s.server_id for s in servers if stop_server(s)]
+        if args.json:
+            _print_json({"stopped": stopped})
+        else:
+            for server_id in stopped:
+                print(f"stopped {server_id}")
+            if not stopped:
+                print("nothing was running")
+        return EXIT_OK
+    try:
+        target = resolve_target(args.target, runs_dir)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    say = (lambda message: None) if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        server, started = asyncio.run(ensure_server(target, runs_dir, engine=args.engine, port=args.port,
+                                                    timeout=args.timeout, say=say))
+    except ServeError as exc:
+        if args.json:
+            _print_json({"error": str(exc), "target": target.to_dict()})
+        print(f"synaptic-tui serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("stopped waiting; the server goes on starting (synaptic-tui serve list)", file=sys.stderr)
+        return EXIT_CANCELLED
+    if args.json:
+        _print_json({**server.to_dict(), "started": started, "target": target.to_dict()})
+    else:
+        print(format_server(server))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": cmd_serve,
     "runs": cmd_runs,
     "train": cmd_train,
     "doctor": cmd_doctor,

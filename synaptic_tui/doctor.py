@@ -173,6 +173,26 @@ async def check_unsloth() -> Check:
     return Check("Unsloth", "ok", f"unsloth{version} imports", detail)
 
 
+def check_serving() -> Check:
+    """Which engines `synaptic-tui serve` can start here, and the one it picks by default (find_spec only)."""
+    from synaptic_tui.servers import default_order, engines
+
+    table = engines()
+    engines_detail = {name: {"title": e.title, "extra": e.extra, "missing": e.missing()} for name, e in table.items()}
+    available = [name for name, d in engines_detail.items() if d["missing"] is None]
+    default = next((name for name in default_order() if name in available and name != "llama.cpp"), None)
+    detail: dict[str, Any] = {"engines": engines_detail, "available": available, "default": default}
+    if not available:
+        return Check("Serving", "warn", "no engine to serve a checkpoint: "
+                     + "; ".join(f"{d['title']}: {d['missing']}" for d in engines_detail.values()), detail)
+    missing = [f"{d['title']} (.[{d['extra']}])" for d in engines_detail.values() if d["missing"]]
+    summary = (f"default {table[default].title}" if default else "GGUF files only") + \
+        f"; available: {', '.join(table[n].title for n in available)}"
+    if missing:
+        summary += f"; not here: {', '.join(missing)}"
+    return Check("Serving", "ok", summary, detail)
+
+
 def check_disk(runs_dir: Path) -> Check:
     where = Path(runs_dir).expanduser().absolute()
     while not where.exists() and where != where.parent:
@@ -288,6 +308,7 @@ async def run_checks(runs_dir: Path, *, ollama_url: str = "http://127.0.0.1:1143
         ("CUDA", check_cuda()),
         ("MLX", check_mlx()),
         ("Unsloth", check_unsloth()),
+        ("Serving", _sync(check_serving)),
         ("Disk", _sync(check_disk, runs_dir)),
         ("Memory", asyncio.to_thread(check_memory)),
         ("Ollama", check_server("Ollama", ollama_url, "/api/tags", "models", timeout)),

@@ -505,35 +505,33 @@ def _run_eval_until_stopped(runner: Runner, eval_dir: Path, url: str | None = No
         raise Stopped() from None
 
 
-def local_model(exported: dict[str, str]) -> Path:
-    """What backend local serves from the exports: the merged model with mlx_lm.server where that is
-    installed, else a GGUF file with llama-cpp-python's server where that is, else whichever exists
-    (serving it then fails with what to install)."""
-    from synaptic_tui.serving import can_serve
+def _until_stopped(runner: Runner, coroutine) -> Any:
+    """Run a coroutine; a stop request cancels it."""
+    import asyncio
 
-    ggufs = [next(Path(exported[f]).glob("*.gguf"), None) for f in ("gguf-q8_0", "gguf-f16", "gguf-q4_k_m")
-             if f in exported]
-    ggufs = [g for g in ggufs if g is not None]
-    merged = Path(exported["merged-16bit"]) if "merged-16bit" in exported else None
-    if merged and (can_serve("mlx_lm") or not ggufs):
-        return merged
-    if ggufs and (can_serve("llama_cpp.server") or merged is None):
-        return ggufs[0]
-    if merged:
-        return merged
-    raise StageFailed("backend local needs a merged-16bit or gguf export, and the export stage wrote neither")
+    async def go():
+        task = asyncio.ensure_future(coroutine)
+        while not task.done():
+            if runner.stopping:
+                task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        return task.result()
+
+    try:
+        return asyncio.run(go())
+    except asyncio.CancelledError:
+        raise Stopped() from None
 
 
-def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[str, Any]:
+def _evaluate(runner: Runner, key: str, target_ref: str | None, root: Path) -> dict[str, Any]:
     """One eval of the pipeline (`key` is eval or baseline), resumed where a stopped pipeline left it.
-    With backend local, `model` is a model directory (served by mlx_lm.server) or a GGUF file
-    (served by llama-cpp-python's server)."""
+    With backend local, `target_ref` (RUN:CHECKPOINT, RUN:base or a model) is served by `synaptic-tui serve`'s
+    code: the fastest engine here, a server already serving it reused, one started for the eval stopped after."""
     from evaluator.clients import default_url
     from evaluator.prompts import load_prompt_set
     from evaluator.runner import create_eval, load_eval, new_settings
 
     from synaptic_tui.redact import redact_url
-    from synaptic_tui.serving import ServerFailed, llama_cpp_server, mlx_server
 
     ev = runner.config.pipeline.eval
     stage = runner.state.stage("eval")
@@ -542,17 +540,15 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
         return json.loads((Path(existing) / "summary.json").read_text())
     backend = "openai" if ev.backend == "local" else ev.backend
 
-    def settings_for(url: str, model: str):
-        prompt_set = load_prompt_set(ev.prompt_set or runner.config.eval.prompt_set)
-        return new_settings(backend, model, prompt_set, url=url, tags=ev.tags, limit=ev.limit,
-                            temperature=ev.temperature, max_tokens=ev.max_tokens, concurrency=ev.concurrency)
-
-    def run(url: str, model_id: str) -> dict[str, Any]:
+    def run(url: str, model_id: str, tool_format: str | None = None) -> dict[str, Any]:
         import asyncio
 
         from evaluator.runner import EvalCannotRun, preflight
 
-        settings = settings_for(url, model_id)
+        prompt_set = load_prompt_set(ev.prompt_set or runner.config.eval.prompt_set)
+        settings = new_settings(backend, model_id, prompt_set, url=url, tags=ev.tags, limit=ev.limit,
+                                temperature=ev.temperature, max_tokens=ev.max_tokens, concurrency=ev.concurrency,
+                                tool_format=tool_format)
         try:  # a server that is down or lacks the model fails the stage, as `synaptic-tui eval` exits 1
             for warning in asyncio.run(preflight(settings)):
                 runner.say(f"eval: warning: {warning}")
@@ -578,13 +574,22 @@ def _evaluate(runner: Runner, key: str, model: Path | None, root: Path) -> dict[
         except ValueError as exc:
             raise StageFailed(f"eval.url: {exc}") from None
         return run(url, ev.model or runner.config.eval.model)
-    serve = llama_cpp_server if model.suffix == ".gguf" else mlx_server
+    from synaptic_tui.servers import ServeError
+    from synaptic_tui.servers.launch import ensure_server, stop_server
+    from synaptic_tui.servers.targets import TargetError, resolve_target
+
     try:
-        with serve(model, runner.dir / "serve.log") as (url, model_id):
-            runner.say(f"eval: serving {model} at {url}")
-            return run(url, model_id)
-    except ServerFailed as exc:
+        target = resolve_target(target_ref, runner.runs_dir)
+        server, started = _until_stopped(runner, ensure_server(
+            target, runner.runs_dir, say=lambda message: runner.say(f"eval: {message}")))
+    except (ServeError, TargetError) as exc:
         raise StageFailed(str(exc)) from None
+    runner.say(f"eval: serving {target.label} with {server.engine} at {server.url}")
+    try:
+        return run(server.url, server.model_id, target.tool_format)
+    finally:
+        if started:
+            stop_server(server)
 
 
 def eval_stage(runner: Runner, stage: StageState) -> str:
@@ -592,26 +597,27 @@ def eval_stage(runner: Runner, stage: StageState) -> str:
 
     trained = runner.config.pipeline.sft is not None or runner.config.pipeline.kto is not None
     base_model = Path(runner.config.model.name)
+    local = runner.config.pipeline.eval.backend == "local"
     if trained:
         _, run_dir = runner.last_training_run()
         root = run_dir / "evals"
-        exported = (runner.state.stage("export").result.get("paths") or {}) if runner.state.stage("export") else {}
-        model = local_model(exported) if runner.config.pipeline.eval.backend == "local" else None
+        chosen = next((s.result for s in (runner.state.stage("export"), runner.state.stage("select"))
+                       if s is not None and s.result.get("checkpoint")), {})
+        if chosen:
+            run_dir = runner.runs_dir / chosen["run_id"]
+        checkpoint = chosen.get("checkpoint") or resolve_checkpoint(run_dir, "best")
+        target = f"{run_dir}:{checkpoint}" if local else None
     else:
-        root, model = runner.dir / "evals", _demo_resolved(base_model)
-    summary = _evaluate(runner, "eval", model, root)
+        root, target = runner.dir / "evals", str(_demo_resolved(base_model))
+    summary = _evaluate(runner, "eval", target, root)
     stage.result.update(pass_rate=summary.get("pass_rate"), passed=summary.get("passed"), total=summary.get("total"))
     runner.save()
     if runner.config.pipeline.eval.baseline and trained:
-        from synaptic_tui.serving import can_serve
-
-        if runner.config.pipeline.eval.backend != "local":
+        if not local:
             runner.say("eval: baseline skipped: only backend local can serve the base model itself")
-        elif not can_serve("mlx_lm"):
-            # The base model is a Hugging Face directory: only mlx_lm.server serves those without a conversion.
-            runner.say("eval: baseline skipped: serving the base model needs mlx_lm.server (the mlx extra)")
         else:
-            baseline = _evaluate(runner, "baseline", _demo_resolved(base_model), runner.dir / "evals")
+            # The pipeline's base model, not the run's: a KTO run's base is the SFT stage's merge.
+            baseline = _evaluate(runner, "baseline", str(_demo_resolved(base_model)), runner.dir / "evals")
             comparison = compare_evals(stage.result["baseline_dir"], stage.result["eval_dir"])
             atomic_write_text(runner.dir / "baseline_comparison.json", json.dumps(comparison, indent=2) + "\n")
             stage.result.update(baseline_pass_rate=baseline.get("pass_rate"),

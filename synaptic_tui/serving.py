@@ -1,8 +1,9 @@
-"""A local OpenAI-compatible server on a free loopback port: mlx_lm.server for a merged model
+"""A local OpenAI-compatible server for the length of a `with` block: mlx_lm.server for a merged model
 directory, llama-cpp-python's server for a GGUF file.
 
-Used by the pipeline's `eval` stage with `backend: local`. The server is a
-child process of whoever starts it and is stopped when the `with` block ends.
+Tests and benchmarks use it for a server that is a child of their own process. The app, `synaptic-tui
+serve`, evals and the pipeline's `backend: local` go through synaptic_tui.servers instead: detached,
+reused, on the fastest engine the machine has.
 """
 
 from __future__ import annotations

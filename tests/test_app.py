@@ -77,7 +77,11 @@ async def test_home_picks_up_new_runs_live(runs_dir):
 
 
 async def test_action_keys_open_their_screens_and_escape_returns(sample_runs):
-    expected = {"n": NewRunScreen, "r": RunsScreen, "u": UploadScreen, "e": EvaluateScreen, "d": DoctorScreen, "p": PipelinesScreen}
+    from synaptic_tui.screens.chat import ChatScreen
+    from synaptic_tui.screens.servers import ServersScreen
+
+    expected = {"n": NewRunScreen, "r": RunsScreen, "u": UploadScreen, "e": EvaluateScreen, "c": ChatScreen,
+                "s": ServersScreen, "d": DoctorScreen, "p": PipelinesScreen}
     assert set(expected) == {a.key for a in ACTIONS}
 
     async def doctor(runs_dir):

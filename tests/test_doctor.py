@@ -22,7 +22,8 @@ from synaptic_tui import doctor
 from synaptic_tui.doctor import Check, check_cuda, check_mlx, check_unsloth, checks_to_json, format_report, run_checks
 from synaptic_tui.hf_token import find_hf_token, read_dotenv_token, redact
 
-ORDER = ["Python", "Extras", "CUDA", "MLX", "Unsloth", "Disk", "Memory", "Ollama", "LM Studio", "HF token"]
+ORDER = ["Python", "Extras", "CUDA", "MLX", "Unsloth", "Serving", "Disk", "Memory", "Ollama", "LM Studio",
+         "HF token"]
 SECRET = "hf_SECRETsecretSECRETsecret1234"
 
 # The response shapes of Ollama's GET /api/tags and OpenAI's GET /v1/models.

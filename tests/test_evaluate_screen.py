@@ -130,7 +130,10 @@ async def test_evaluate_from_a_checkpoint_files_the_eval_under_its_run(runs_dir)
         screen = app.screen
         assert isinstance(screen, EvaluateScreen) and screen.run_dir == run_dir
         assert "filed under run 20261122-120000-sft-done" in str(screen.query_one("#eval-run", Static).render())
-        assert screen.query_one("#backend", RadioSet).pressed_button.name == "ollama"
+        # A checkpoint is served here by default (no server to start by hand); the others stay one key away.
+        assert [b.name for b in screen.query("#backend RadioButton")] == ["serve", "ollama", "openai"]
+        assert screen.query_one("#backend", RadioSet).pressed_button.name == "serve"
+        assert "served when the eval starts" in str(screen.query_one("#reach", Static).render())
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -104,7 +104,8 @@ def test_pipeline_eval_serves_a_gguf_export(demo_model, tmp_path):
     pipeline_dir = Path(json.loads(out.stdout)["path"])
     log = (pipeline_dir / "pipeline.log").read_text()
     assert out.returncode == 0, log
-    assert ".gguf at http://127.0.0.1:" in log  # the GGUF file was what got served
+    assert "with llama.cpp at http://127.0.0.1:" in log  # the GGUF export was what got served, nothing merged
+    assert not list(next(pipeline_dir.parent.glob("*-sft-*")).glob("exports/*/merged-16bit"))
     result = json.loads((pipeline_dir / "pipeline.json").read_text())
     evaluation = next(s for s in result["stages"] if s["name"] == "eval")["result"]
     records = [json.loads(line) for line in (Path(evaluation["eval_dir"]) / "results.jsonl").read_text().splitlines()]

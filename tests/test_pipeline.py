@@ -282,28 +282,6 @@ def test_eval_stage_serves_the_model_itself_and_evaluates_it(demo_model, runs_di
     assert "serving" in (pipeline_dir / "pipeline.log").read_text()
 
 
-def test_backend_local_serves_what_was_exported_with_what_is_installed(tmp_path, monkeypatch):
-    from synaptic_tui import serving
-    from synaptic_tui.pipeline import StageFailed, local_model
-
-    merged = tmp_path / "merged-16bit"
-    merged.mkdir()
-    (tmp_path / "gguf-q8_0").mkdir()
-    gguf = tmp_path / "gguf-q8_0" / "demo-q8_0.gguf"
-    gguf.write_bytes(b"GGUF")
-    both = {"merged-16bit": str(merged), "gguf-q8_0": str(gguf.parent)}
-    installed: set[str] = set()
-    monkeypatch.setattr(serving, "can_serve", lambda module: module in installed)
-    # Nothing installed: the merged model, whose server then says what to install.
-    assert local_model(both) == merged and local_model({"gguf-q8_0": str(gguf.parent)}) == gguf
-    installed.add("llama_cpp.server")
-    assert local_model(both) == gguf  # only llama.cpp can serve: the GGUF
-    installed.add("mlx_lm")
-    assert local_model(both) == merged  # mlx_lm.server serves the unquantized merge first
-    with pytest.raises(StageFailed, match="needs a merged-16bit or gguf export"):
-        local_model({"lora": str(tmp_path)})
-
-
 def test_serving_without_the_server_installed_says_what_to_install(tmp_path, monkeypatch):
     from synaptic_tui import serving
 

@@ -20,12 +20,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, RadioButton, RadioSet, Select, Static
+from textual.widgets import (Button, Checkbox, DataTable, Footer, Header, Input, Label, Log, RadioButton, RadioSet,
+                             Select, Static)
 
 from synaptic_tui.follow import JsonlFollower
 from synaptic_tui.paths import display_path, shipped_dir
 
 BACKENDS = (("ollama", "Ollama"), ("openai", "OpenAI-compatible (LM Studio, llama.cpp, vLLM, mlx_lm)"))
+SERVE = ("serve", "Serve this checkpoint here (fastest engine; reuses a running server)")
 
 
 def prompt_dirs() -> list[Path]:
@@ -183,8 +185,9 @@ class EvalResults(Vertical):
         except LookupError:
             return
         passed = sum(bool(r.get("passed")) for r in self.records.values())
+        where = info.settings.url or "its server starting (eval.log says how far)"
         progress = (f"[b]{info.state}[/]  {len(self.records)}/{info.total} cases  passed {passed}"
-                    f"   {escape(info.settings.model)} @ {escape(info.settings.url)}")
+                    f"   {escape(info.settings.model)} @ {escape(where)}")
         if info.error:
             progress += f"   [red]{escape(info.error)}[/]"
         self.query_one("#eval-progress", Static).update(progress)
@@ -215,6 +218,12 @@ class EvalResults(Vertical):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_case()
+
+    def highlighted_record(self) -> dict[str, Any] | None:
+        table = self.query_one("#results", DataTable)
+        if not table.row_count:
+            return None
+        return self.records.get(str(table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value))
 
     def show_case(self) -> None:
         table = self.query_one("#results", DataTable)
@@ -285,8 +294,11 @@ class EvaluateScreen(Screen):
             with VerticalScroll(id="eval-form"):
                 yield Label("Backend")
                 with RadioSet(id="backend"):
-                    for index, (name, title) in enumerate(BACKENDS):
+                    backends = ((SERVE,) if self.checkpoint else ()) + BACKENDS
+                    for index, (name, title) in enumerate(backends):
                         yield RadioButton(title, value=index == 0, name=name)
+                if self.checkpoint:
+                    yield Checkbox("and the base model beside it", id="beside-base")
                 yield Static("checking...", id="reach")
                 yield Label("URL")
                 yield Input(id="url")
@@ -295,11 +307,12 @@ class EvaluateScreen(Screen):
                 yield Label("Prompt set")
                 yield Select(options, id="prompt-set", value=options[0][1] if options else Select.NULL,
                              prompt="no prompt sets found")
-                yield Label("Concurrency / limit / temperature")
+                yield Label("Concurrency / limit / temp / max tokens")
                 with Horizontal(id="eval-numbers"):
                     yield Input("4", id="concurrency", type="integer")
                     yield Input("", id="limit", type="integer", placeholder="all")
                     yield Input("0", id="temperature", type="number")
+                    yield Input("", id="max-tokens", type="integer", placeholder="any")
                 yield Input("", id="tags", placeholder="tags (comma-separated), empty: all")
                 yield Label("Judge (optional): model, URL")
                 yield Input("", id="judge-model", placeholder="judge model (empty: no judge)")
@@ -330,8 +343,30 @@ class EvaluateScreen(Screen):
     def backend_changed(self) -> None:
         from evaluator.clients import default_url
 
+        serving = self.backend() == "serve"
+        for wid in ("#url", "#model"):
+            self.query_one(wid).disabled = serving
+        if self.checkpoint:
+            self.query_one("#beside-base", Checkbox).disabled = not serving
+        if serving:
+            self.query_one("#url", Input).value = ""
+            self.query_one("#reach", Static).update(self.serve_note())
+            return
         self.query_one("#url", Input).value = default_url(self.backend())
         self.check_server()
+
+    def serve_note(self) -> str:
+        from synaptic_tui.servers.launch import serving
+        from synaptic_tui.servers.targets import TargetError, resolve_target
+
+        try:
+            target = resolve_target(f"{self.run_dir}:{self.checkpoint}", self.app.services.runs_dir)
+        except TargetError as exc:
+            return f"[red]{escape(str(exc))}[/]"
+        server = serving(self.app.services.runs_dir, target)
+        if server is not None:
+            return f"[green]served[/] by {escape(server.engine)} at {escape(server.url)}: reused"
+        return "served when the eval starts (an adapter is merged first where the engine needs it)"
 
     @on(Input.Submitted, "#url")
     def url_submitted(self) -> None:
@@ -367,7 +402,8 @@ class EvaluateScreen(Screen):
         from evaluator.prompts import load_prompt_set
         from evaluator.runner import new_settings
 
-        model = self.query_one("#model", Select).value
+        serving = self.backend() == "serve"
+        model = f"{self.run_dir.name}:{self.checkpoint}" if serving else self.query_one("#model", Select).value
         prompt_set = self.query_one("#prompt-set", Select).value
         if model is Select.NULL or not model:
             raise ValueError("pick a model (the server must be reachable and list it)")
@@ -377,22 +413,32 @@ class EvaluateScreen(Screen):
         concurrency = number("#concurrency", int) or 4
         limit = number("#limit", int)
         temperature = number("#temperature", float) or 0.0
-        if concurrency < 1 or (limit is not None and limit < 1) or temperature < 0:
-            raise ValueError("concurrency and limit must be at least 1, temperature at least 0")
+        max_tokens = number("#max-tokens", int)
+        if concurrency < 1 or (limit is not None and limit < 1) or temperature < 0 or (max_tokens or 1) < 1:
+            raise ValueError("concurrency, limit and max tokens must be at least 1, temperature at least 0")
         tags = [t.strip() for t in self.query_one("#tags", Input).value.split(",") if t.strip()]
         loaded = load_prompt_set(prompt_set)
         judge_model = self.query_one("#judge-model", Input).value.strip() or None
         judge_url = self.query_one("#judge-url", Input).value.strip() or None
         if judge_url and not judge_model:
             raise ValueError("a judge URL needs a judge model (its name as that server lists it)")
-        settings = new_settings(self.backend(), str(model), loaded, url=self.query_one("#url", Input).value.strip(),
+        settings = new_settings("openai" if serving else self.backend(), str(model), loaded,
+                                url=self.query_one("#url", Input).value.strip() or None,
                                 tags=tags, limit=limit, temperature=temperature, concurrency=concurrency,
+                                max_tokens=max_tokens,
                                 judge_model=judge_model, judge_url=(judge_url or OPENAI_URL) if judge_model else None)
         if not settings.case_ids:
             raise ValueError(f"no case in {Path(prompt_set).name} has the tags {', '.join(tags)}")
         if self.run_dir is not None:
             settings.run_id = self.run_dir.name
             settings.checkpoint = self.checkpoint
+        if serving:
+            from synaptic_tui.servers.targets import resolve_target
+
+            target = resolve_target(f"{self.run_dir}:{self.checkpoint}", self.app.services.runs_dir)
+            # The detached eval starts (or reuses) the server itself, so closing the app never leaves it half-done.
+            settings.url, settings.serve, settings.runs_dir = "", target.portable_ref, str(self.app.services.runs_dir)
+            settings.tool_format = target.tool_format
         return settings
 
     def action_run_eval(self) -> None:
@@ -413,7 +459,16 @@ class EvaluateScreen(Screen):
             return
         launch_eval(eval_dir, settings.url)
         self.query_one(EvalResults).follow(eval_dir)
-        self.notify(f"Eval {eval_dir.name} started: {len(settings.case_ids)} cases.")
+        message = f"Eval {eval_dir.name} started: {len(settings.case_ids)} cases."
+        if settings.serve and self.query_one("#beside-base", Checkbox).value:
+            from dataclasses import replace
+
+            base = replace(settings, serve=f"{self.run_dir.resolve()}:base", model=f"{self.run_dir.name}:base",
+                           checkpoint=None, tool_format=None)
+            base_dir = create_eval(base, root)
+            launch_eval(base_dir)
+            message += f" The base model's: {base_dir.name} (ctrl+o, mark both, v compares)."
+        self.notify(message)
 
     def action_past_evals(self) -> None:
         self.app.push_screen(EvalsScreen())
@@ -491,7 +546,8 @@ class EvalsScreen(Screen):
 
 
 class EvalResultsScreen(Screen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="screen.back")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="screen.back"),
+                Binding("c", "chat", "Chat with this case", id="results.chat")]
 
     def __init__(self, eval_dir: Path) -> None:
         super().__init__()
@@ -506,6 +562,40 @@ class EvalResultsScreen(Screen):
         self.sub_title = self.eval_dir.name
         self.query_one(EvalResults).follow(self.eval_dir)
         self.query_one("#results", DataTable).focus()
+
+    def action_chat(self) -> None:
+        """The highlighted case's messages, sent to the model the eval asked (and its base model, for a checkpoint)."""
+        from evaluator.prompts import PromptSetError, load_prompt_set, load_tools_file
+        from evaluator.runner import load_eval
+
+        from synaptic_tui.chat import ChatSide, history_path
+        from synaptic_tui.screens.chat import ChatCase, ChatScreen
+
+        record = self.query_one(EvalResults).highlighted_record()
+        if record is None:
+            self.notify("No case yet.", severity="warning")
+            return
+        settings = load_eval(self.eval_dir).settings
+        try:
+            case = next(c for c in load_prompt_set(settings.prompt_set).cases if c.id == record.get("id"))
+            tools = [] if settings.no_tools else (case.tools or (load_tools_file(settings.tools_file)[0]
+                                                                 if settings.tools_file else []))
+        except (PromptSetError, StopIteration, OSError) as exc:
+            self.notify(f"Cannot read the case from {settings.prompt_set}: {exc}", severity="error")
+            return
+        chat_case = ChatCase(case.id, case.question, case.system, tools or None)
+        runs_dir = self.app.services.runs_dir
+        run_dir = runs_dir / settings.run_id if settings.run_id and (runs_dir / settings.run_id).is_dir() else None
+        if settings.serve:
+            base = None
+            if settings.checkpoint and ":" in settings.serve:
+                base = f"{settings.serve.rsplit(':', 1)[0]}:base"
+            self.app.push_screen(ChatScreen(settings.serve, base=base, case=chat_case, send_case=True))
+            return
+        url = settings.url.rstrip("/") + ("/v1" if settings.backend == "ollama" else "")  # Ollama's OpenAI API
+        side = ChatSide(settings.model, url=url, model=settings.model, tool_format=settings.tool_format,
+                        history=history_path(runs_dir, run_dir, settings.model))
+        self.app.push_screen(ChatScreen(side, case=chat_case, send_case=True))
 
 
 class EvalCompareScreen(Screen):

@@ -23,7 +23,7 @@ class HomeScreen(Screen):
     def compose(self) -> ComposeResult:
         runs_dir = self.app.services.runs_dir
         yield Header()
-        yield Static("   ".join(f"[b]{a.key}[/] {a.title}" for a in ACTIONS), id="action-bar")
+        yield Static("   ".join(f"[b]{a.key}[/] {a.title}" for a in ACTIONS if a.on_bar), id="action-bar")
         yield Static("Recent runs", classes="pane-title")
         yield RunsTable(runs_dir, limit=20, refresh_every=self.app.services.refresh_seconds, id="recent-runs")
         yield Static(f"No runs yet in {escape(display_path(runs_dir))}. Press [b]n[/] to start one.", id="no-runs")

@@ -35,7 +35,8 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 CHECKPOINT_ACTIONS = (
     ("export", "Export (LoRA, merged, GGUF)"),
     ("upload", "Upload to the Hub"),
-    ("evaluate", "Evaluate"),
+    ("evaluate", "Evaluate (served here)"),
+    ("chat", "Chat, beside the base model"),
 )
 
 
@@ -63,6 +64,8 @@ class RunScreen(Screen):
         Binding("enter", "checkpoint_actions", "Actions", id="run.actions"),
         Binding("b", "best", "Best", id="run.best"),
         Binding("c", "cancel_run", "Cancel run", id="run.cancel"),
+        Binding("e", "evaluate", "Evaluate", id="run.evaluate"),
+        Binding("t", "chat", "Chat", id="run.chat"),
         Binding("l", "focus_log", "Log", id="run.log"),
         Binding("g", "toggle_curves", "Curves", id="run.curves"),
     ]
@@ -223,16 +226,36 @@ class RunScreen(Screen):
 
         def chosen(action: str | None) -> None:
             if action == "evaluate":
-                from synaptic_tui.screens.evaluate import EvaluateScreen
-
-                # Results are filed under this run and checkpoint; the screen says how to serve its export.
-                self.app.push_screen(EvaluateScreen(run_dir=self.run_dir, checkpoint=checkpoint))
+                self.action_evaluate()
+            elif action == "chat":
+                self.action_chat()
             elif action in ("export", "upload"):
                 from synaptic_tui.screens.upload import UploadScreen
 
                 self.app.push_screen(UploadScreen(run_dir=self.run_dir, checkpoint=checkpoint))
 
         self.app.push_screen(CheckpointActions(self.run_dir.name, checkpoint), chosen)
+
+    def action_evaluate(self) -> None:
+        """Evaluate the highlighted checkpoint: served here (or on a server already serving it), filed under it."""
+        from synaptic_tui.screens.evaluate import EvaluateScreen
+
+        checkpoint = self.query_one(CheckpointTable).highlighted
+        if checkpoint is None:
+            self.notify("No checkpoint yet.", severity="warning")
+            return
+        self.app.push_screen(EvaluateScreen(run_dir=self.run_dir, checkpoint=checkpoint))
+
+    def action_chat(self) -> None:
+        """Chat with the highlighted checkpoint beside the run's base model."""
+        from synaptic_tui.screens.chat import ChatScreen, chat_refs_for
+
+        checkpoint = self.query_one(CheckpointTable).highlighted
+        if checkpoint is None:
+            self.notify("No checkpoint yet.", severity="warning")
+            return
+        primary, base = chat_refs_for(self.run_dir, checkpoint)
+        self.app.push_screen(ChatScreen(primary, base=base))
 
     def on_data_table_row_selected(self, event: CheckpointTable.RowSelected) -> None:
         self.action_checkpoint_actions()
