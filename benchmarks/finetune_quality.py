@@ -8,13 +8,15 @@
    chat template `auto`, assistant-only loss), `--steps` optimizer steps.
 3. The best checkpoint is exported merged-16bit and evaluated the same way.
 
-Every model is served by the same real local server (mlx_lm.server) on
-loopback. The prompt set is held out: its topics, folders and phrasings are
+Every model is served by the same real local server engine on loopback
+(`synaptic-tui eval --serve`: the fastest this machine has, transformers
+serve on a CPU; `--engine mlx` for mlx_lm.server). The prompt set is held out: its topics, folders and phrasings are
 not in the training data (checked and printed). Prints the pass rate of each
 model, per tag, and the gain over the better base. Goal: a gain of at least
 40 points with no tag falling.
 
-    python benchmarks/finetune_quality.py [--steps 32] [--max-tokens 160] [--model PATH]
+    python benchmarks/finetune_quality.py [--steps 32] [--max-tokens 160] [--model PATH] [--engine auto]
+                                          [--trained RUN_DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-from synaptic_tui.serving import mlx_server  # noqa: E402
 
 PROMPTS = REPO / "examples" / "prompts" / "tool_calling.json"
 DATA = REPO / "examples" / "data" / "sft_tool_calls.jsonl"
@@ -62,12 +62,11 @@ def with_template(model: Path, template: str, into: Path) -> Path:
     return into
 
 
-def evaluate(label: str, model: Path, work: Path, env: dict[str, str], max_tokens: int) -> dict:
+def evaluate(label: str, serve: str, work: Path, env: dict[str, str], max_tokens: int, engine: str) -> dict:
     started = time.monotonic()
-    with mlx_server(model, work / f"{label}.server.log") as (url, model_id):
-        out = cli("eval", "--backend", "openai", "--url", url, "--model", model_id, "--prompt-set", str(PROMPTS),
-                  "--max-tokens", str(max_tokens), "--temperature", "0", "--concurrency", "2", "--timeout", "900",
-                  "--evals-dir", str(work / "evals"), "--json", env=env)
+    out = cli("eval", "--serve", serve, "--engine", engine, "--prompt-set", str(PROMPTS),
+              "--max-tokens", str(max_tokens), "--temperature", "0", "--concurrency", "4", "--timeout", "900",
+              "--evals-dir", str(work / "evals"), "--json", env=env)
     summary = json.loads(out.stdout)
     summary = summary.get("summary", summary)
     if summary.get("errors"):
@@ -89,6 +88,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=160, help="most tokens per answer (default 160)")
     parser.add_argument("--model", type=Path, help="SmolLM2-135M-Instruct directory (default: build it)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--engine", default="auto", help="serving engine for every eval (default: serve's choice)")
     parser.add_argument("--trained", type=Path, metavar="RUN_DIR",
                         help="evaluate this finished run (a kept work directory's) instead of training again")
     args = parser.parse_args()
@@ -121,18 +121,23 @@ def main() -> int:
             print(f"  {status['state']} in {time.monotonic() - started:.0f} s", flush=True)
         print(f"  template {status['chat_template']['name']} (mask {status['chat_template']['mask']}); "
               f"best {status.get('best_checkpoint')}", flush=True)
-        exported = cli("export", str(run_dir), "--format", "merged-16bit", "--json", env=env)
-        merged = Path(json.loads(exported.stdout)["exports"]["merged-16bit"]["path"])
-        template = json.loads((merged / "tokenizer_config.json").read_text()).get("chat_template") \
-            or (merged / "chat_template.jinja").read_text()
+        # The template the run trained with, as its checkpoints carry it, for the base model's second eval.
+        best = status.get("best_checkpoint") or "final"
+        saved = run_dir / ("final" if best == "final" else f"checkpoints/{best}")
+        template = (saved / "chat_template.jinja").read_text() if (saved / "chat_template.jinja").is_file() \
+            else json.loads((saved / "tokenizer_config.json").read_text())["chat_template"]
 
-        print("evaluating (mlx_lm.server, temperature 0):", flush=True)
-        results = {
-            "base, own template": evaluate("base-own", model, work, env, args.max_tokens),
-            "base, run's template": evaluate("base-tools", with_template(model, template, work / "base-tools"),
-                                             work, env, args.max_tokens),
-            "fine-tuned": evaluate("tuned", merged, work, env, args.max_tokens),
-        }
+        print(f"evaluating ({args.engine} engine, temperature 0):", flush=True)
+        try:
+            results = {
+                "base, own template": evaluate("base-own", str(model), work, env, args.max_tokens, args.engine),
+                "base, run's template": evaluate("base-tools", str(with_template(model, template, work / "base-tools")),
+                                                 work, env, args.max_tokens, args.engine),
+                "fine-tuned": evaluate("tuned", f"{run_dir}:{best}", work, env, args.max_tokens, args.engine),
+            }
+        finally:
+            subprocess.run([sys.executable, "-m", "synaptic_tui", "serve", "stop", "--all"], cwd=REPO, env=env,
+                           capture_output=True)
         tags = sorted({tag for summary in results.values() for tag in summary["per_tag"]})
         print(f"\n{'tag':<12}" + "".join(f"{label:>22}" for label in results))
         for tag in tags:

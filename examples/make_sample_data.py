@@ -71,12 +71,18 @@ def call(name: str, args: dict, session: str, workspace: str, call_id: str) -> d
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
 
 
-def scenario(rng: random.Random, held_out: bool = False) -> tuple[str, list[tuple[str, dict]], str, str]:
-    """(user question, [(tool, args)], tool result text, final answer)."""
+KINDS = ["search", "read", "create", "append", "list", "workspace", "search_read", "none"]
+
+
+def scenario(rng: random.Random, held_out: bool = False, kind: str | None = None) -> tuple[str, list[tuple[str, dict]], str, str]:
+    """(user question, [(tool, args)], tool result text, final answer).
+
+    A call's arguments may depend on an earlier call's result (search, then read what it found): such
+    calls come as one step each, see `steps`."""
     topic = rng.choice(HELD_OUT_TOPICS if held_out else TOPICS)
     folder = rng.choice(HELD_OUT_FOLDERS if held_out else FOLDERS)
     path = f"{folder}/{slug(topic)}.md"
-    kind = rng.choice(["search", "read", "create", "append", "list", "workspace", "search_read", "none", "none"])
+    kind = kind or rng.choice(KINDS + ["none"])  # two in nine training rows need no tool
 
     def ask(train: list[str], test: list[str]) -> str:
         return rng.choice(test if held_out else train)
@@ -117,8 +123,10 @@ def scenario(rng: random.Random, held_out: bool = False) -> tuple[str, list[tupl
         q = ask([f"Find the note about {topic} and tell me what it says.",
                  f"Search for my {topic} note and read it to me."],
                 [f"Locate the {topic} note and summarise it."])
+        # Two steps: the path to read is only known once the search has answered.
         return (q, [("search_notes", {"query": topic, "limit": 1}), ("read_note", {"path": path})],
-                json.dumps([path]), f"The note {path} is a first draft on {topic}.")
+                json.dumps([path]) + "\n" + f"# {topic.title()}\nFirst draft.",
+                f"The note {path} is a first draft on {topic}.")
     q = ask(["Thanks, that's all.", "What can you do?", f"Is {topic} a good name for a folder?",
              "Good morning!", f"How should I organise notes about {topic}?"],
             ["Cheers, that's everything for now.", "What are you able to help with?",
@@ -126,6 +134,15 @@ def scenario(rng: random.Random, held_out: bool = False) -> tuple[str, list[tupl
     return q, [], "", rng.choice(["Happy to help.", "I can search, read, create and organise your notes.",
                                   "Sure, short folder names work well.", "Good morning! What shall we work on?",
                                   "One folder per project, with a short index note, works well."])
+
+
+def steps(calls: list[tuple[str, dict]], result: str) -> list[tuple[list[tuple[str, dict]], list[str]]]:
+    """The assistant's tool-calling turns: ([calls], [result of each]) per turn. A search followed by a
+    read is two turns (the read needs the search's answer); anything else is one."""
+    if [name for name, _ in calls] == ["search_notes", "read_note"]:
+        found, content = result.split("\n", 1)
+        return [([calls[0]], [found]), ([calls[1]], [content])]
+    return [(calls, [result] * len(calls))] if calls else []
 
 
 def offered_tools(rng: random.Random, needed: list[str]) -> list[dict]:
@@ -142,11 +159,12 @@ def sft_rows(rng: random.Random, n: int) -> list[dict]:
         session, workspace = context(rng)
         question, calls, result, answer = scenario(rng)
         messages = [{"role": "system", "content": system_prompt(session, workspace)}, {"role": "user", "content": question}]
-        if calls:
-            tool_calls = [call(name, args, session, workspace, f"call_{i}_{j}") for j, (name, args) in enumerate(calls)]
+        for turn, (step_calls, results) in enumerate(steps(calls, result)):
+            tool_calls = [call(name, args, session, workspace, f"call_{i}_{turn}_{j}")
+                          for j, (name, args) in enumerate(step_calls)]
             messages.append({"role": "assistant", "content": None, "tool_calls": tool_calls})
-            for tc in tool_calls:
-                messages.append({"role": "tool", "tool_call_id": tc["id"], "content": result})
+            for tc, text in zip(tool_calls, results):
+                messages.append({"role": "tool", "tool_call_id": tc["id"], "content": text})
         messages.append({"role": "assistant", "content": answer})
         rows.append({"messages": messages, "tools": offered_tools(rng, [name for name, _ in calls])})
     return rows
@@ -175,9 +193,10 @@ def kto_rows(rng: random.Random, n: int) -> list[dict]:
     rows = []
     while len(rows) < n:
         session, workspace = context(rng)
-        question, calls, _, answer = scenario(rng)
-        if not calls:
+        question, all_calls, result, answer = scenario(rng)
+        if not all_calls:
             continue
+        calls = steps(all_calls, result)[0][0]  # the completion is the assistant's first turn
         prompt = [{"role": "system", "content": system_prompt(session, workspace)}, {"role": "user", "content": question}]
         good = rng.random() < 0.55
         if good:
@@ -185,25 +204,29 @@ def kto_rows(rng: random.Random, n: int) -> list[dict]:
         else:
             tool_calls, _ = corrupt(rng, calls, session, workspace)
         rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": "", "tool_calls": tool_calls}],
-                     "label": good, "tools": offered_tools(rng, [name for name, _ in calls])})
+                     "label": good, "tools": offered_tools(rng, [name for name, _ in all_calls])})
     return rows
 
 
 def prompt_cases(rng: random.Random, n: int) -> list[dict]:
+    """n cases, as many of each kind (a tool, a search then a read, no tool at all), held out."""
     cases = []
     tag_of = {"search_notes": "search", "read_note": "read", "create_note": "create", "append_to_note": "create",
               "list_folder": "browse", "get_workspace": "browse"}
     while len(cases) < n:
         session, workspace = context(rng)
-        question, calls, _, _ = scenario(rng, held_out=True)
+        question, all_calls, result, _ = scenario(rng, held_out=True, kind=KINDS[len(cases) % len(KINDS)])
+        turns = steps(all_calls, result)
+        # One turn is asked: what the assistant must call first (a search before the read it leads to).
+        calls = turns[0][0] if turns else []
         tags = sorted({tag_of[name] for name, _ in calls}) or ["no-tool"]
-        if len(calls) > 1:
-            tags.append("multi-tool")
+        if len(turns) > 1:
+            tags.append("multi-step")
         cases.append({"id": f"case-{len(cases) + 1:03d}", "question": question,
                       "system": system_prompt(session, workspace), "tags": tags,
                       "expected_tools": [name for name, _ in calls],
                       "expected_context": {"sessionId": session, "workspaceId": workspace} if calls else {},
-                      "tools": offered_tools(rng, [name for name, _ in calls])})
+                      "tools": offered_tools(rng, [name for name, _ in all_calls])})
     return cases
 
 
@@ -222,7 +245,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     rng = random.Random(20251122)
-    sft, kto, cases = sft_rows(rng, 100), kto_rows(rng, 100), prompt_cases(rng, 24)
+    sft, kto = sft_rows(rng, 200), kto_rows(rng, 100)
+    cases = prompt_cases(random.Random(20261203), 24)  # its own seed: the set stays put when the data grows
     check(sft)
     check(kto)
     (HERE / "data").mkdir(exist_ok=True)

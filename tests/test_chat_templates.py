@@ -156,7 +156,7 @@ def test_rows_that_would_lose_their_tool_calls_are_named_by_line(real_model):
     tok = tokenizer(real_model)
     rows, report = sft_rows()
     summary, findings = ct.check_rows(tok, rows, "sft", lines=report.lines)
-    assert summary == {"rows_checked": 100, "rows": 100, "mask": "prefix"}
+    assert summary == {"rows_checked": 200, "rows": 200, "mask": "prefix"}
     with_calls = [i for i, row in enumerate(rows) if any(m.get("tool_calls") for m in row["messages"])]
     lost_call = {f.index for f in findings if "tool call" in f.problem}
     assert lost_call == set(with_calls)
@@ -166,7 +166,7 @@ def test_rows_that_would_lose_their_tool_calls_are_named_by_line(real_model):
                for f in findings)
     # With the template auto picks, nothing is lost.
     ct.prepare_tokenizer(tok, ct.choose_template(tok, "auto", needs_tools=True))
-    assert ct.check_rows(tok, rows, "sft", lines=report.lines) == ({"rows_checked": 100, "rows": 100,
+    assert ct.check_rows(tok, rows, "sft", lines=report.lines) == ({"rows_checked": 200, "rows": 200,
                                                                      "mask": "markers"}, [])
 
 

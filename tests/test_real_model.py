@@ -147,3 +147,39 @@ def test_the_export_carries_the_template_to_the_gguf_and_ollama(real_sft_run, tm
     modelfile = (Path(gguf["path"]) / gguf["modelfile"]).read_text()
     assert 'TEMPLATE """' in modelfile and "{{- range $j, $call := .ToolCalls }}" in modelfile
     assert "<tool_call>" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+def test_a_served_export_writes_tool_calls_the_evaluator_reads_back(real_model, runs_dir, tmp_path):
+    """The closed loop on the real model: train on a few conversations until the model has the format,
+    serve the export on a real local server (transformers serve, merged on demand), evaluate those
+    prompts: the tool calls come back in the run's format and are read as calls with the right ids."""
+    from trainers.data import load_rows
+
+    rows, _ = load_rows(SFT, "sft")
+    chosen = [r for r in rows if [m["tool_calls"][0]["function"]["name"] for m in r["messages"]
+                                  if m.get("tool_calls")] == ["get_workspace"]][:4]
+    assert len(chosen) == 4
+    data = tmp_path / "workspace.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in chosen * 2))
+    run_dir = train(runs_dir, "--dataset", str(data), "--set", "training.max_steps=8", "--set",
+                    "training.learning_rate=0.002", "--set", "training.save_steps=8")
+    cases = [{"id": f"ws-{i}", "question": r["messages"][1]["content"], "system": r["messages"][0]["content"],
+              "tools": r["tools"], "expected_tools": ["get_workspace"],
+              "expected_context": r["messages"][2]["tool_calls"][0]["function"]["arguments"]["context"]}
+             for i, r in enumerate(chosen[:3])]
+    prompts = tmp_path / "cases.json"
+    prompts.write_text(json.dumps(cases))
+    try:
+        out = subprocess.run([sys.executable, "-m", "synaptic_tui", "eval", "--serve", f"{run_dir}:final",
+                              "--engine", "transformers", "--prompt-set", str(prompts), "--max-tokens", "80",
+                              "--runs-dir", str(runs_dir), "--json"], cwd=REPO, capture_output=True, text=True,
+                             timeout=900)
+    finally:
+        subprocess.run([sys.executable, "-m", "synaptic_tui", "serve", "stop", "--all", "--runs-dir", str(runs_dir)],
+                       cwd=REPO, capture_output=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert (summary["total"], summary["errors"]) == (3, 0)
+    records = [json.loads(line) for line in (Path(summary["eval_dir"]) / "results.jsonl").read_text().splitlines()]
+    assert all([c["name"] for c in r["calls"]] == ["get_workspace"] for r in records), records
+    assert summary["passed"] == 3, [r["reasons"] for r in records]
