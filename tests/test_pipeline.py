@@ -168,8 +168,16 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
     # The base model was evaluated on the same cases, and the two compared.
     assert Path(evaluation["baseline_dir"]).parent == pipeline_dir / "evals"
+    # The stage's numbers are the records' own: what passed, out of how many, against the base model's.
+    passed = sum(r["passed"] for r in records)
+    assert (evaluation["passed"], evaluation["total"], evaluation["pass_rate"]) == (passed, 2, round(passed / 2, 4))
+    base = [json.loads(line) for line in (Path(evaluation["baseline_dir"]) / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in base) == [c["id"] for c in cases] and all(r["error"] is None for r in base)
+    base_rate = round(sum(r["passed"] for r in base) / 2, 4)
     comparison = json.loads(Path(evaluation["comparison"]).read_text())
-    assert comparison["overall"]["b"] == evaluation["pass_rate"] and "delta" in comparison["overall"]
+    assert comparison["overall"] == {"a": base_rate, "b": evaluation["pass_rate"],
+                                     "delta": round(evaluation["pass_rate"] - base_rate, 4)}
+    assert (evaluation["baseline_pass_rate"], evaluation["delta"]) == (base_rate, comparison["overall"]["delta"])
     shown = cli("pipeline", "show", pipeline_dir.name, runs_dir=runs_dir)
     assert "succeeded" in shown.stdout and f"checkpoint {select['checkpoint']}" in shown.stdout
     listed = json.loads(cli("pipeline", "list", "--json", runs_dir=runs_dir).stdout)
@@ -278,7 +286,8 @@ def test_eval_stage_serves_the_model_itself_and_evaluates_it(demo_model, runs_di
     # A random-weight model answers gibberish: what matters is that a real server answered every case.
     assert sorted(r["id"] for r in records) == [c["id"] for c in cases]
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
-    assert result["total"] == 2 and result["pass_rate"] is not None
+    passed = sum(r["passed"] for r in records)
+    assert (result["passed"], result["total"], result["pass_rate"]) == (passed, 2, round(passed / 2, 4))
     assert "serving" in (pipeline_dir / "pipeline.log").read_text()
 
 
