@@ -132,12 +132,17 @@ def one_case(tmp_path: Path, case_id: str = "case-002") -> Path:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_native_ollama_tool_calls_are_scored(tmp_path, stream):
+@pytest.mark.parametrize(("workspace", "reasons"), [
+    ("ws_0c53", []),
+    # The same call with the workspace id lost on the way: the one failing check says so.
+    ("ws_0000", ["search_notes lacks workspaceId='ws_0c53'"]),
+])
+async def test_native_ollama_tool_calls_are_scored(tmp_path, stream, workspace, reasons):
     context = {"sessionId": "sess_e9ff0e", "workspaceId": "ws_0c53"}
     prompt_set = load_prompt_set(one_case(tmp_path))
     assert prompt_set.cases[0].expected_context == context
-    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "sourdough",
-                                                                                   "context": context}}]}
+    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {
+        "query": "sourdough", "context": {**context, "workspaceId": workspace}}}]}
     with OllamaServer(reply=reply) as server:
         settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, stream=stream)
         eval_dir = create_eval(settings, tmp_path / "evals")
@@ -145,7 +150,11 @@ async def test_native_ollama_tool_calls_are_scored(tmp_path, stream):
     record = read_results(eval_dir)[0]
     assert record["native_tool_calls"] == [{"function": {"index": 0, **reply["tool_calls"][0]}}]
     assert record["calls"] == [{**reply["tool_calls"][0], "source": "native"}]
-    assert record["passed"] and summary["pass_rate"] == 1.0
+    assert (record["passed"], record["reasons"]) == (not reasons, reasons)
+    assert {c["name"]: c["passed"] for c in record["checks"]} == {
+        "expected_tools": True, "no_unexpected_calls": True, "arguments_valid": True, "expected_context": not reasons}
+    assert (summary["passed"], summary["failed"], summary["pass_rate"]) == (
+        (1, 0, 1.0) if not reasons else (0, 1, 0.0))
     assert (record["prompt_tokens"], record["completion_tokens"], record["finish_reason"]) == (11, 3, "stop")
 
 
@@ -162,13 +171,17 @@ async def test_each_fault_is_recorded_and_the_eval_completes(tmp_path):
     records = {r["id"]: r for r in read_results(eval_dir)}
     ids = settings.case_ids
     assert records[ids[0]]["error"] is None and records[ids[0]]["attempts"] == 3
+    # The two cases that got an answer ("hello", no call) fail as answers; a fault is an error, never a pass.
+    assert {i: r["passed"] for i, r in records.items()} == dict.fromkeys(ids, False)
+    assert [r["reasons"][0] for r in (records[ids[0]], records[ids[5]])] == [
+        "did not call ['read_note', 'search_notes'] (called nothing)", "did not call ['create_note'] (called nothing)"]
     expected = {ids[1]: "timeout", ids[2]: "malformed", ids[3]: "truncated", ids[4]: "server"}
     assert {i: records[i]["error"]["kind"] for i in expected} == expected
     assert "stream line is not JSON" in records[ids[2]]["error"]["message"]
     assert "stream ended before its final 'done' message" in records[ids[3]]["error"]["message"]
     assert "an error was encountered while running the model" in records[ids[4]]["error"]["message"]
     assert records[ids[5]]["error"] is None
-    assert summary["errors"] == 4 and summary["total"] == 6
+    assert (summary["total"], summary["passed"], summary["failed"], summary["errors"]) == (6, 0, 2, 4)
     assert load_eval(eval_dir).state == "completed"
     report = (eval_dir / "report.md").read_text()
     assert "## Errors (4)" in report and "[timeout]" in report
