@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -358,3 +359,53 @@ def test_the_dry_run_estimates_what_is_not_exported_yet(run_dir, runs_dir):
     assert out.returncode == 0, out.stderr
     # The demo model's size is known from its files: a merged bf16 copy is about 2 bytes a parameter.
     assert "merged-16bit  -> /              not exported yet (about " in out.stdout
+
+
+def exporter_events(process: subprocess.Popen, until) -> list[dict]:
+    """The exporter's JSON events, read as they come, up to the first one `until` accepts."""
+    seen = []
+    for line in process.stdout:
+        if line.startswith('{"event"'):
+            seen.append(json.loads(line))
+            if until(seen[-1]):
+                return seen
+    raise AssertionError(f"the exporter ended first: {seen}")
+
+
+@pytest.mark.slow
+def test_a_stopped_export_leaves_nothing_half_written(run_dir, runs_dir):
+    best = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+    # SIGTERM to the exporter (what the app and `pipeline cancel` send) while it merges, after lora is done.
+    exporter = subprocess.Popen([sys.executable, "-m", "trainers.export", "--run-dir", str(run_dir),
+                                 "--format", "lora", "--format", "merged-16bit"], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        events = exporter_events(exporter, lambda e: e["event"] == "step" and e["format"] == "merged-16bit")
+        exporter.send_signal(signal.SIGTERM)
+        rest = [json.loads(line) for line in exporter.stdout if line.startswith('{"event"')]
+        assert exporter.wait(timeout=120) == 3
+    finally:
+        exporter.kill()
+    assert [e["format"] for e in events if e["event"] == "done"] == ["lora"]
+    assert rest == [{"event": "error", "message": "stopped by SIGTERM; finished formats were kept, "
+                                                  "the unfinished one removed"}]
+    assert sorted(p.name for p in (run_dir / "exports").iterdir()) == [best]
+    assert sorted(p.name for p in (run_dir / "exports" / best).iterdir()) == ["lora"]  # no merged-16bit, no staging
+    assert read_export(export_dir(run_dir, best, "lora"))["format"] == "lora"
+
+    # ctrl+c on `synaptic-tui export`: it stops its exporter the same way and says so.
+    command = subprocess.Popen([sys.executable, "-m", "synaptic_tui", "export", run_dir.name, "--format", "merged-16bit",
+                                "--runs-dir", str(runs_dir)], cwd=REPO, text=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        for line in command.stderr:
+            if line.startswith("  [merged-16bit] merging the adapter"):
+                break
+        command.send_signal(signal.SIGINT)
+        stderr = command.stderr.read()
+        assert command.wait(timeout=120) == 3
+    finally:
+        command.kill()
+    assert "export stopped; finished formats were kept" in stderr
+    assert sorted(p.name for p in (run_dir / "exports" / best).iterdir()) == ["lora"]
+    assert no_staging_left(run_dir)
