@@ -540,6 +540,9 @@ def format_export(record: dict[str, Any]) -> str:
              f"              verified: {checks or 'yes'}"]
     if tools is not None:
         lines.append(f"              chat template renders tools: {'yes' if tools else 'NO (tool calling will not work)'}")
+    if record.get("pre_tokenizer_fallback"):
+        lines.append(f"              pre-tokenizer: not known to llama.cpp, {record['pre_tokenizer_fallback']!r} "
+                     "used (right for GPT-2-style byte-level BPE)")
     if record.get("ollama_create"):
         lines.append(f"              ollama: {record['ollama_create']}")
     return "\n".join(lines)

@@ -106,7 +106,8 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
         "upload": {"repo_id": "me/pipeline-demo"},
         "eval": {"backend": "local", "prompt_set": "two.json", "max_tokens": 8, "concurrency": 2, "baseline": True},
     }, training={"logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-4})
-    hub = HubServer(token="hf_pipelineToken0123456789").start()
+    token = "hf_pipelineToken0123456789"
+    hub = HubServer(token=token).start()
     try:
         # The detached runner inherits this environment: its upload goes to the loopback Hub.
         out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir, env=hub.env)
@@ -185,6 +186,12 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     # The pipeline's directory is not mistaken for a run.
     runs = json.loads(cli("runs", "list", "--json", runs_dir=runs_dir).stdout)
     assert sorted(r["run_id"] for r in runs) == sorted([sft_run.name, kto_run])
+    # The upload used the token, and nothing the pipeline wrote holds it: pipeline.log, pipeline.json, the
+    # runs' logs and status files, the server logs.
+    assert all(h == f"Bearer {token}" for h in hub.auth_headers if h is not None) and hub.commits
+    assert (pipeline_dir / "pipeline.log").is_file() and (pipeline_dir / "pipeline.json").is_file()
+    holding = [str(f) for f in runs_dir.rglob("*") if f.is_file() and token.encode() in f.read_bytes()]
+    assert holding == [] and token not in shown.stdout + shown.stderr
 
 
 def test_upload_stage_without_a_token_is_skipped_with_a_note(demo_model, runs_dir, tmp_path):
