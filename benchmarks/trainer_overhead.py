@@ -143,6 +143,9 @@ def our_dataset(target: Path) -> Path:
     from trainers.datasets_hf import to_dataset
 
     rows, _ = load_rows(str(DATA), "sft")
+    import datasets
+
+    datasets.disable_progress_bars()
     to_dataset(rows, "sft").save_to_disk(str(target))
     return target
 
