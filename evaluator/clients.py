@@ -272,7 +272,10 @@ class OllamaClient(_HTTPBackend):
             parts: list[str] = []
             calls: list[Any] = []
             first = None
+            done: ChatResult | None = None
             async for line in _lines(response):
+                if done is not None:
+                    continue  # read to the body's end (normally nothing is left), so the connection is reused
                 try:
                     chunk = json.loads(line)
                 except json.JSONDecodeError:
@@ -289,7 +292,9 @@ class OllamaClient(_HTTPBackend):
                     first = first or time.perf_counter()
                     calls.extend(message["tool_calls"])
                 if chunk.get("done"):
-                    return from_final(chunk, "".join(parts), calls, first)
+                    done = from_final(chunk, "".join(parts), calls, first)
+            if done is not None:
+                return done
             raise BackendError("truncated", f"{where}: stream ended before its final 'done' message "
                                             f"({len(parts)} chunks received)")
 
@@ -339,18 +344,27 @@ class OpenAIClient(_HTTPBackend):
             tokens: tuple[int | None, int | None] = (None, None)
             last: dict[str, Any] = {}
             output_chunks = 0  # servers stream one token per chunk: the count when no usage comes
+
+            def result() -> ChatResult:
+                source = "server"
+                counted = tokens
+                if counted[1] is None and output_chunks:
+                    counted, source = (counted[0], output_chunks), "stream"
+                return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *counted, finish,
+                                  first_token_s=first, raw=last, token_source=source)
+
+            done: ChatResult | None = None
             async for line in _lines(response):
+                if done is not None:
+                    continue  # read to the body's end (normally nothing is left), so the connection is reused
                 if line.startswith(":"):  # SSE comment (mlx_lm.server sends keep-alives)
                     continue
                 if not line.startswith("data:"):
                     continue  # event:/id: fields carry nothing we use
                 payload = line[5:].strip()
                 if payload == "[DONE]":
-                    source = "server"
-                    if tokens[1] is None and output_chunks:
-                        tokens, source = (tokens[0], output_chunks), "stream"
-                    return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *tokens, finish,
-                                      first_token_s=first, raw=last, token_source=source)
+                    done = result()
+                    continue
                 try:
                     chunk = json.loads(payload)
                 except json.JSONDecodeError:
@@ -380,6 +394,12 @@ class OpenAIClient(_HTTPBackend):
                         elif arguments:
                             slot["function"]["arguments"] += arguments
                     finish = choice.get("finish_reason") or finish
+            if done is not None:
+                return done
+            if finish is not None:
+                # The body ended cleanly after a finish_reason: `transformers serve` never sends [DONE].
+                # (A connection cut mid-body raises RemoteProtocolError before this point.)
+                return result()
             raise BackendError("truncated", f"{where}: stream ended without [DONE] ({len(parts)} chunks received)")
 
         return await self._post("/chat/completions", body, stream, read_stream, read_body)

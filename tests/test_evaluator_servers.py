@@ -20,8 +20,9 @@ import httpx
 import pytest
 from conftest import EXAMPLES, REPO, write_run
 from ollama_server import OllamaServer
+from openai_server import OpenAIServer
 
-from evaluator.clients import OllamaClient
+from evaluator.clients import BackendError, OllamaClient
 from evaluator.prompts import load_prompt_set
 from evaluator.runner import create_eval, load_eval, new_settings, read_results, run_eval
 
@@ -202,58 +203,16 @@ async def test_non_streaming_malformed_body_and_a_server_that_goes_away(tmp_path
     assert summary["total"] == 4 and load_eval(eval_dir).state == "completed"
 
 
-class CannedUpstream:
-    """An OpenAI-compatible server that answers every chat with fixed SSE events (or an error status)."""
-
-    def __init__(self, events: list[dict] | None = None, status: int = 200):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
-
-        canned = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if status != 200:
-                    body = json.dumps({"error": {"message": "model crashed", "type": "server_error"}}).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for event in canned.events:
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-        self.events = events or []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 async def test_the_ollama_server_sends_a_tool_call_streamed_in_pieces_whole():
     # OpenAI-style streaming: the name, then the arguments in fragments, then usage.
     piece = lambda **fn: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **({"id": "c1", "type": "function"} if "name" in fn else {}), "function": fn}]}, "finish_reason": None}]}  # noqa: E731,E501
     events = [piece(name="get_weather", arguments=""), piece(arguments='{"city": '), piece(arguments='"Oslo"}'),
               {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
               {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}]
-    upstream = CannedUpstream(events)
-    try:
+    with OpenAIServer(models=("m",), events=events) as upstream:
         with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
             async with OllamaClient(server.url) as client:
                 result = await client.chat("m", [{"role": "user", "content": "weather?"}], stream=True)
-    finally:
-        upstream.close()
     assert result.tool_calls == [{"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Oslo"}}}]
     assert (result.prompt_tokens, result.completion_tokens) == (9, 7)
     assert OLLAMA_FINAL_FIELDS <= set(result.raw)
@@ -261,17 +220,13 @@ async def test_the_ollama_server_sends_a_tool_call_streamed_in_pieces_whole():
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_the_ollama_server_passes_an_upstream_failure_on_as_an_ollama_error(stream):
-    from evaluator.clients import BackendError
-
-    upstream = CannedUpstream(status=500)
-    try:
+    with OpenAIServer(models=("m",)) as upstream:
+        upstream.faults = ["500"]
         with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
             async with OllamaClient(server.url, retries=0) as client:
                 with pytest.raises(BackendError) as err:
                     await client.chat("m", [{"role": "user", "content": "hi"}], stream=stream)
-    finally:
-        upstream.close()
-    assert err.value.status == 500 and "model crashed" in str(err.value)
+    assert err.value.status == 500 and str(err.value) == f"HTTP 500 from {server.url}/api/chat: injected 500"
 
 
 @pytest.mark.parametrize("concurrency", [None, 2])
@@ -406,3 +361,20 @@ def test_compare_from_the_command_line(tmp_path):
     assert comparison["fixed"] == comparison["broken"] == [] and comparison["per_tag"]["no-tool"]["delta"] == 0.0
     out = run_cli("eval", "--compare", a, b, "--evals-dir", str(evals), cwd=tmp_path)
     assert out.returncode == 0 and "fixed (fail -> pass): 0" in out.stdout
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_ollama_client_keeps_one_connection_and_names_a_stream_cut_short(stream):
+    with OllamaServer(reply={"content": "a longer answer, in pieces"}) as server:
+        async with OllamaClient(server.url, backoff=0) as client:
+            answers = [await client.chat("demo-model", [{"role": "user", "content": "hi"}], stream=stream)
+                       for _ in range(3)]
+            assert await client.list_models() == ["demo-model:latest"]
+            assert server.connections == 1  # read to the end of each answer, so the connection is reused
+            if stream:  # the connection closed after the first line: no done message, no end of body
+                server.faults = ["die"]
+                with pytest.raises(BackendError) as err:
+                    await client.chat("demo-model", [{"role": "user", "content": "hi"}])
+                assert err.value.kind == "truncated" and "closed the connection mid-response" in str(err.value)
+    assert [a.content for a in answers] == ["a longer answer, in pieces"] * 3
+    assert [a.completion_tokens for a in answers] == [3, 3, 3]

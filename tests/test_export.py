@@ -168,6 +168,7 @@ def test_upload_sends_verified_files_and_card_to_the_hub(run_dir, runs_dir, tmp_
         for commit in hub.commits:
             assert f"{hub.url}/me/demo-sft/commit/{commit['oid']}" in out.stdout
         assert all(h == f"Bearer {SECRET}" for h in hub.auth_headers if h is not None)
+        assert hub.connections < len(hub.requests)  # huggingface_hub reused kept-alive connections
     assert_secret_nowhere(out, runs_dir)
 
 
