@@ -535,7 +535,7 @@ def format_export(record: dict[str, Any]) -> str:
 
     verify = record.get("verify") or {}
     tools = verify.get("tools_in_template")
-    checks = ", ".join(f"{k}: {v}" for k, v in verify.items() if k not in ("sample", "tools_in_template"))
+    checks = ", ".join(f"{k}: {v}" for k, v in verify.items() if k not in ("sample", "tools_in_template", "llama_cpp_tokens"))
     lines = [f"{record.get('format', '?'):<13} {record.get('path')}  ({human_bytes(record.get('size_bytes') or 0)})",
              f"              verified: {checks or 'yes'}"]
     if tools is not None:

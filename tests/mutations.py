@@ -70,7 +70,11 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "cancel: MLX stops without saving", "trainers/mlx_lora.py",
         "if step % save_steps == 0 or stopping:", "if step % save_steps == 0:",
-        ("tests/test_mlx.py::test_mlx_cancel_saves_and_resume_continues_the_data_order",)),
+        ("tests/test_mlx.py::test_mlx_run_trains_live_cancels_resumes_and_fuses",)),
+    Mutation(
+        "resume: MLX starts its data over", "trainers/mlx_lora.py",
+        "skip = self.start_step * self.accumulation", "skip = 0",
+        ("tests/test_mlx.py::test_mlx_resume_continues_the_data_order",)),
     Mutation(
         "export: an all-zero adapter is merged", "trainers/export.py",
         "    delta = adapter_delta(model)\n    if delta == 0.0:", "    delta = adapter_delta(model)\n    if False:",

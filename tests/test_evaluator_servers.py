@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import EXAMPLES, REPO, write_run
 from ollama_server import OllamaServer
