@@ -84,11 +84,12 @@ def make_run(root: Path) -> Path:
     return run_dir
 
 
-async def live_latency(seconds: float) -> tuple[list[float], int]:
+async def live_latency(seconds: float) -> tuple[dict[str, list[float]], int]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = make_run(Path(tmp) / "runs")
         written: dict[int, float] = {}
         seen: dict[int, float] = {}
+        read_at: dict[int, float] = {}
         stop = threading.Event()
 
         def writer() -> None:
@@ -107,19 +108,33 @@ async def live_latency(seconds: float) -> tuple[list[float], int]:
         async with app.run_test(size=(120, 40)) as pilot:
             app.show_run(run_dir)
             await pilot.pause(0.3)
+            screen = app.screen
+            refresh = screen.refresh_files
+
+            def timed_refresh() -> None:  # when the view has read each line (the watcher calls it by name)
+                refresh()
+                read_at.setdefault(screen.metrics.last_step, time.perf_counter())
+
+            screen.refresh_files = timed_refresh
             thread = threading.Thread(target=writer)
             thread.start()
             await asyncio.sleep(seconds)
             stop.set()
             thread.join()
             await pilot.pause(0.5)
-        # Lines that arrived together are drawn together: each counts as drawn by the first frame that shows
-        # it or a later line.
+        # Lines that arrived together are read and drawn together: each counts as read (drawn) by the first
+        # refresh (frame) that reads (shows) it or a later line.
+        def first_at(times: dict[int, float], step: int) -> float | None:
+            later = [t for shown, t in times.items() if isinstance(shown, int) and shown >= step]
+            return min(later) if later else None
+
         for step in sorted(written):
-            later = [t for shown, t in app.shown_at.items() if shown >= step]
-            if later:
-                seen[step] = min(later)
-        return [(seen[s] - written[s]) * 1000 for s in seen if s in written], len(written)
+            if (drawn := first_at(app.shown_at, step)) is not None:
+                seen[step] = drawn
+        read = {s: first_at(read_at, s) for s in seen}
+        return {"write to frame": [(seen[s] - written[s]) * 1000 for s in seen],
+                "write to read": [(read[s] - written[s]) * 1000 for s in seen if read[s] is not None],
+                "read to frame": [(seen[s] - read[s]) * 1000 for s in seen if read[s] is not None]}, len(written)
 
 
 async def big_file(lines: int) -> tuple[float, float, float, float, float]:
@@ -162,11 +177,15 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args()
     latencies, written = asyncio.run(live_latency(args.seconds))
-    p50 = statistics.median(latencies)
-    p95 = statistics.quantiles(latencies, n=100)[94]
-    print(f"live: {len(latencies)} of {written} lines drawn over {args.seconds:.0f} s, write -> frame drawn: "
-          f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (goal p95 <= 100 ms); "
+    drawn = latencies["write to frame"]
+    p50, p95 = statistics.median(drawn), statistics.quantiles(drawn, n=100)[94]
+    print(f"live: {len(drawn)} of {written} lines drawn over {args.seconds:.0f} s, write -> frame drawn: "
+          f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(drawn):.0f} ms (goal p95 <= 100 ms); "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    for part in ("write to read", "read to frame"):
+        values = latencies[part]
+        print(f"  of which {part}: p50 {statistics.median(values):.0f} ms, "
+              f"p95 {statistics.quantiles(values, n=100)[94]:.0f} ms")
     load, append, before, loaded, size_mb = asyncio.run(big_file(args.lines))
     print(f"big file: {args.lines:,} lines ({size_mb:.0f} MB) loaded by the run view in {load:.1f} s; "
           f"100 lines appended, the view's refresh took {append:.1f} ms (goal <= 20 ms); "

@@ -40,8 +40,8 @@ PROBE_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}
 
 
-class Stopped(Exception):
-    pass
+class Stopped(BaseException):
+    """SIGTERM/SIGINT: a BaseException, so no library's `except Exception` on the way can swallow the stop."""
 
 
 def emit(event: str, **fields: Any) -> None:
