@@ -127,6 +127,9 @@ def main() -> None:
     ours_rate, ref_rate = median.values()
     print(f"ours / mlx_lm lora = {ours_rate / ref_rate:.2f}x (goal >= 0.97x); {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f} at the end, batch {args.batch_size}, {per_batch:.0f} tokens per batch")
+    # Each repeat's own pair: on a shared machine these say more than the medians' ratio.
+    pairs = [a / b for a, b in zip(*rates.values())]
+    print(f"  per repeat: {', '.join(f'{r:.2f}x' for r in pairs)}")
 
 
 if __name__ == "__main__":
