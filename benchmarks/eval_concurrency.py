@@ -11,6 +11,10 @@
    batches them: its ratio shows what the server and machine allow, not what
    the runner does. Informative only, no goal.
 
+A case that errors (timeout, refused, malformed) ends the benchmark with the
+reason instead of a ratio: errored cases cost no server time and would make
+either level look faster than it is.
+
     python benchmarks/eval_concurrency.py [--cases 64] [--model PATH] [--max-tokens 8] [--skip-mlx]
 """
 
@@ -66,7 +70,13 @@ async def timed_eval(backend: str, url: str, model: str, prompts: Path, root: Pa
     await run_eval(eval_dir)
     wall = time.perf_counter() - start
     records = read_results(eval_dir)
-    return wall, len(records), sum(1 for r in records if r.get("error"))
+    errors = [r["error"] for r in records if r.get("error")]
+    if errors or len(records) != len(settings.case_ids):
+        # A case that errored took no (or a timeout's) time: a ratio over it would measure the faults.
+        kinds = sorted({f"{e.get('kind')}: {e.get('message')}" for e in errors})[:3]
+        raise SystemExit(f"{url} at concurrency {concurrency}: {len(errors)} of {len(settings.case_ids)} cases "
+                         f"errored, {len(records)} recorded; no ratio is printed. " + "; ".join(kinds))
+    return wall, len(records), 0
 
 
 def measure(name: str, backend: str, url: str, model: str, prompts: Path, work: Path,

@@ -2,8 +2,10 @@
 
 1. A writer thread appends a metrics line every 100 ms (and a checkpoint every
    10th line) while the app runs headless with the run view open; for every
-   line, the time from the write to the table showing it (the `final` row shows
-   the latest metrics, so each line changes a cell). Goal p95 <= 100 ms.
+   line, the time from the write to the first frame that draws it: the
+   compositor's update turned into the text a terminal would be sent (the
+   `final` row shows the latest metrics, so each line changes a cell on screen).
+   Goal p95 <= 100 ms.
 2. The run view opens a run whose metrics.jsonl has 1,000,000 lines; then 100
    lines are appended and the view's whole refresh (read, parse, checkpoints,
    table, curves) is timed. Goal <= 20 ms. RSS before opening and after loading
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import resource
 import statistics
 import sys
@@ -28,10 +32,39 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rich.console import Console  # noqa: E402
+from textual._compositor import CompositorUpdate  # noqa: E402
+
 from synaptic_tui.app import SynapticApp  # noqa: E402
 from synaptic_tui.runs import RunStatus, write_status  # noqa: E402
 from synaptic_tui.services import Services  # noqa: E402
-from synaptic_tui.widgets.checkpoint_table import CheckpointTable  # noqa: E402
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+LOSS = re.compile(r"\b(1\d{3,})\.0000\b")  # loss = 1000 + step, as the table formats it
+
+
+class FrameTimedApp(SynapticApp):
+    """The app, noting when each frame is drawn and the newest step it shows.
+
+    A headless app composes every update but sends it nowhere; this renders each
+    update to the text a terminal would receive (the work a real frame does) and
+    reads the loss cells out of it. `_display` is Textual's private hook for that
+    one step: overridden here, in a benchmark, never in the product.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.frame_console = Console(width=120, height=40, force_terminal=True, color_system="truecolor")
+        self.shown_at: dict[int, float] = {}  # newest step drawn -> when it first was
+
+    def _display(self, screen, renderable) -> None:
+        if isinstance(renderable, CompositorUpdate):
+            text = ANSI.sub("", renderable.render_segments(self.frame_console))
+            now = time.perf_counter()
+            steps = [int(m.group(1)) - 1000 for m in LOSS.finditer(text)]
+            if steps:
+                self.shown_at.setdefault(max(steps), now)
+        super()._display(screen, renderable)
 
 
 def rss_mb() -> float:
@@ -51,11 +84,12 @@ def make_run(root: Path) -> Path:
     return run_dir
 
 
-async def live_latency(seconds: float) -> list[float]:
+async def live_latency(seconds: float) -> tuple[dict[str, list[float]], int]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = make_run(Path(tmp) / "runs")
         written: dict[int, float] = {}
         seen: dict[int, float] = {}
+        read_at: dict[int, float] = {}
         stop = threading.Event()
 
         def writer() -> None:
@@ -65,34 +99,42 @@ async def live_latency(seconds: float) -> list[float]:
                     step += 1
                     if step % 10 == 0:
                         (run_dir / "checkpoints" / f"checkpoint-{step}").mkdir()
+                    written[step] = time.perf_counter()
                     handle.write(json.dumps({"step": step, "time": time.time(), "loss": 1000.0 + step}) + "\n")
                     handle.flush()
-                    written[step] = time.perf_counter()
                     time.sleep(0.1)
 
-        app = SynapticApp(Services.create(run_dir.parent))
+        app = FrameTimedApp(Services.create(run_dir.parent))
         async with app.run_test(size=(120, 40)) as pilot:
             app.show_run(run_dir)
             await pilot.pause(0.3)
-            table = app.screen.query_one(CheckpointTable)
+            screen = app.screen
+            refresh = screen.refresh_files
+
+            def timed_refresh() -> None:  # when the view has read each line (the watcher calls it by name)
+                refresh()
+                read_at.setdefault(screen.metrics.last_step, time.perf_counter())
+
+            screen.refresh_files = timed_refresh
             thread = threading.Thread(target=writer)
             thread.start()
-            deadline = time.perf_counter() + seconds
-            # The final row's loss cell shows the newest line (loss = 1000 + step); lines that arrived
-            # together are shown together, so each counts as shown when a line at or after it is.
-            while time.perf_counter() < deadline:
-                cells = table.rows_by_name.get("final")
-                if cells and cells[3]:
-                    shown = round(float(cells[3]) - 1000.0)
-                    now = time.perf_counter()
-                    for step in range(shown, 0, -1):
-                        if step in seen:
-                            break
-                        seen[step] = now
-                await asyncio.sleep(0.002)
+            await asyncio.sleep(seconds)
             stop.set()
             thread.join()
-        return [(seen[s] - written[s]) * 1000 for s in seen if s in written]
+            await pilot.pause(0.5)
+        # Lines that arrived together are read and drawn together: each counts as read (drawn) by the first
+        # refresh (frame) that reads (shows) it or a later line.
+        def first_at(times: dict[int, float], step: int) -> float | None:
+            later = [t for shown, t in times.items() if isinstance(shown, int) and shown >= step]
+            return min(later) if later else None
+
+        for step in sorted(written):
+            if (drawn := first_at(app.shown_at, step)) is not None:
+                seen[step] = drawn
+        read = {s: first_at(read_at, s) for s in seen}
+        return {"write to frame": [(seen[s] - written[s]) * 1000 for s in seen],
+                "write to read": [(read[s] - written[s]) * 1000 for s in seen if read[s] is not None],
+                "read to frame": [(seen[s] - read[s]) * 1000 for s in seen if read[s] is not None]}, len(written)
 
 
 async def big_file(lines: int) -> tuple[float, float, float, float, float]:
@@ -134,11 +176,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args()
-    latencies = asyncio.run(live_latency(args.seconds))
-    p50 = statistics.median(latencies)
-    p95 = statistics.quantiles(latencies, n=100)[94]
-    print(f"live: {len(latencies)} lines over {args.seconds:.0f} s, write -> cell shown: "
-          f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(latencies):.0f} ms (goal p95 <= 100 ms)")
+    latencies, written = asyncio.run(live_latency(args.seconds))
+    drawn = latencies["write to frame"]
+    p50, p95 = statistics.median(drawn), statistics.quantiles(drawn, n=100)[94]
+    print(f"live: {len(drawn)} of {written} lines drawn over {args.seconds:.0f} s, write -> frame drawn: "
+          f"p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(drawn):.0f} ms (goal p95 <= 100 ms); "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    for part in ("write to read", "read to frame"):
+        values = latencies[part]
+        print(f"  of which {part}: p50 {statistics.median(values):.0f} ms, "
+              f"p95 {statistics.quantiles(values, n=100)[94]:.0f} ms")
     load, append, before, loaded, size_mb = asyncio.run(big_file(args.lines))
     print(f"big file: {args.lines:,} lines ({size_mb:.0f} MB) loaded by the run view in {load:.1f} s; "
           f"100 lines appended, the view's refresh took {append:.1f} ms (goal <= 20 ms); "

@@ -276,7 +276,10 @@ class OllamaClient(_HTTPBackend):
             parts: list[str] = []
             calls: list[Any] = []
             first = None
+            done: ChatResult | None = None
             async for line in _lines(response):
+                if done is not None:
+                    continue  # read to the body's end (normally nothing is left), so the connection is reused
                 try:
                     chunk = json.loads(line)
                 except json.JSONDecodeError:
@@ -293,7 +296,9 @@ class OllamaClient(_HTTPBackend):
                     first = first or time.perf_counter()
                     calls.extend(message["tool_calls"])
                 if chunk.get("done"):
-                    return from_final(chunk, "".join(parts), calls, first)
+                    done = from_final(chunk, "".join(parts), calls, first)
+            if done is not None:
+                return done
             raise BackendError("truncated", f"{where}: stream ended before its final 'done' message "
                                             f"({len(parts)} chunks received)")
 
@@ -353,14 +358,18 @@ class OpenAIClient(_HTTPBackend):
                 return ChatResult("".join(parts), [calls[i] for i in sorted(calls)], *counted, finish,
                                   first_token_s=first, raw=last, token_source=source)
 
+            done: ChatResult | None = None
             async for line in _lines(response):
+                if done is not None:
+                    continue  # read to the body's end (normally nothing is left), so the connection is reused
                 if line.startswith(":"):  # SSE comment (mlx_lm.server sends keep-alives)
                     continue
                 if not line.startswith("data:"):
                     continue  # event:/id: fields carry nothing we use
                 payload = line[5:].strip()
                 if payload == "[DONE]":
-                    return result()
+                    done = result()
+                    continue
                 try:
                     chunk = json.loads(payload)
                 except json.JSONDecodeError:
@@ -392,9 +401,12 @@ class OpenAIClient(_HTTPBackend):
                         elif arguments:
                             slot["function"]["arguments"] += arguments
                     finish = choice.get("finish_reason") or finish
+            if done is not None:
+                return done
             if finish is not None:
                 # `transformers serve` ends its streams with the chunk carrying finish_reason (and usage),
-                # without `data: [DONE]`: an answer the server called finished is complete.
+                # without `data: [DONE]`: an answer the server called finished is complete. (A connection
+                # cut mid-body raises RemoteProtocolError before this point.)
                 return result()
             raise BackendError("truncated", f"{where}: stream ended without [DONE] or a finish_reason "
                                             f"({len(parts)} chunks received)")

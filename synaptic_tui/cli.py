@@ -583,11 +583,14 @@ def format_export(record: dict[str, Any]) -> str:
 
     verify = record.get("verify") or {}
     tools = verify.get("tools_in_template")
-    checks = ", ".join(f"{k}: {v}" for k, v in verify.items() if k not in ("sample", "tools_in_template"))
+    checks = ", ".join(f"{k}: {v}" for k, v in verify.items() if k not in ("sample", "tools_in_template", "llama_cpp_tokens"))
     lines = [f"{record.get('format', '?'):<13} {record.get('path')}  ({human_bytes(record.get('size_bytes') or 0)})",
              f"              verified: {checks or 'yes'}"]
     if tools is not None:
         lines.append(f"              chat template renders tools: {'yes' if tools else 'NO (tool calling will not work)'}")
+    if record.get("pre_tokenizer_fallback"):
+        lines.append(f"              pre-tokenizer: not known to llama.cpp, {record['pre_tokenizer_fallback']!r} "
+                     "used (right for GPT-2-style byte-level BPE)")
     if record.get("ollama_create"):
         lines.append(f"              ollama: {record['ollama_create']}")
     return "\n".join(lines)

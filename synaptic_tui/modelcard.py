@@ -140,7 +140,7 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
         tools = verified.get("tools_in_template")
         note = "" if tools is None else (" Its chat template renders tools." if tools else
                                          " Its chat template does not render tools.")
-        lines.append(f"- **{fmt}** in {where}.{note}")
+        lines.append(f"- **{fmt}** in {where}.{note}{pre_tokenizer_note(record)}")
     lines += ["", "## How to use", ""]
     if "lora" in formats and mlx:
         sub = folder_in_repo("lora", formats)
@@ -171,6 +171,16 @@ def build_model_card(run: RunInfo, checkpoint: str, formats: list[str], repo_id:
                   "or from the downloaded file with the Modelfile beside it: "
                   f"`ollama create {repo_id.split('/')[-1].lower()} -f Modelfile.{ggufs[0].split('-', 1)[1]}`.", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines).rstrip() + "\n")
+
+
+def pre_tokenizer_note(record: dict[str, Any]) -> str:
+    """What a GGUF's reader must know when llama.cpp did not recognise the tokenizer and a stand-in was used."""
+    fallback = record.get("pre_tokenizer_fallback")
+    if not fallback:
+        return ""
+    return (f" llama.cpp did not recognise this tokenizer's pre-tokenizer, so the GGUF uses `{fallback}`'s "
+            "(right for byte-level BPE tokenizers that split text as GPT-2 does; check the tokenization of "
+            "other tokenizers before relying on it).")
 
 
 def folder_in_repo(fmt: str, formats: list[str]) -> str:

@@ -94,6 +94,8 @@ def free_gpu_memory_gb() -> float | None:
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    if out.returncode != 0:  # its error text carries version numbers that would read as MiB free
+        return None
     values = [float(v) for v in out.stdout.split() if v.replace(".", "", 1).isdigit()]
     return max(values) / 1024 if values else None
 

@@ -192,3 +192,26 @@ def copy_run(run_dir: Path, runs_dir: Path) -> Path:
     target = Path(runs_dir) / Path(run_dir).name
     shutil.copytree(run_dir, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def family_gguf(request, tmp_path_factory):
+    """family -> (its model directory, the exporter's GGUF step's record with "path"), built once per session.
+
+    The exporter's own GGUF step (trainers.gguf.build_gguf) on the family's model, as it runs on a merged
+    checkpoint: the same converter, fallback and read-back; the tokenizer is the base model's either way.
+    """
+    from gguf_tokens import FAMILIES
+
+    from trainers.gguf import build_gguf
+
+    made: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def build(family: str) -> tuple[Path, dict[str, Any]]:
+        if family not in made:
+            model_dir = request.getfixturevalue(FAMILIES[family][0])
+            out = tmp_path_factory.mktemp(f"gguf-{family}") / "gguf-f16"
+            record = build_gguf("gguf-f16", model_dir, out, f"{family}-base", lambda *args: None)
+            made[family] = (model_dir, {**record, "path": out / record["file"]})
+        return made[family]
+    return build

@@ -12,22 +12,32 @@ final {"error": "..."} line.
 
 Answers come from a real model when `upstream` names an OpenAI-compatible server
 (mlx_lm.server with the demo model): the request is translated and forwarded,
-streamed chunk by chunk. Without one, `reply` is answered after `latency`
-seconds. `faults` is a queue of misbehaviours consumed one per chat request.
+streamed chunk by chunk. Without one, `reply` (or what `answer(body)` returns
+for each request) is answered after `latency` seconds. `faults` is a queue of
+misbehaviours consumed one per chat request.
+
+Like Ollama (a Go net/http server) it speaks HTTP/1.1: connections stay open
+between requests, whole answers carry a Content-Length, streams are sent with
+`Transfer-Encoding: chunked`, one chunk per NDJSON line. `stop()` closes the
+kept-alive connections too, as a server process that exits does.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import sys
 import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
-FAULTS = ("500", "timeout", "malformed", "truncate", "stream_error", "shutdown", "trickle")
+# "truncate": a stream that ends (cleanly) before its done message; "die": the connection is closed mid-stream;
+# "trickle": a token now and then, never done.
+FAULTS = ("500", "timeout", "malformed", "truncate", "die", "stream_error", "shutdown", "trickle")
 
 
 def _now() -> str:
@@ -39,25 +49,48 @@ class _Server(ThreadingHTTPServer):
     # kernel retries the extra connects a second later: that would be measured as latency.
     request_queue_size = 128
 
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out and hung up mid-answer is part of the tests, not an error to print.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class OllamaServer:
     def __init__(self, models: dict[str, str] | None = None, *, upstream: str | None = None,
-                 reply: dict[str, Any] | None = None, latency: float = 0.0, hang: float = 5.0, trickle: float = 0.2):
+                 reply: dict[str, Any] | None = None, answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 latency: float = 0.0, hang: float = 5.0, trickle: float = 0.2):
         # Ollama model name -> the upstream server's model id.
         self.models = models or {"demo-model:latest": "default_model"}
         self.upstream = upstream.rstrip("/") if upstream else None
         self.reply = reply or {"content": "ok"}
+        self.answer = answer  # request body -> reply, per request (instead of the one `reply`)
         self.latency = latency
         self.hang = hang
         self.trickle = trickle
         self.faults: list[str | None] = []
         self.requests: list[dict[str, Any]] = []  # chat request bodies, in arrival order
         self.in_flight = self.max_in_flight = 0  # chat requests being answered now / at most at once
+        self.connections = 0  # connections accepted so far
+        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # one request per connection; the body ends when the socket closes
+            protocol_version = "HTTP/1.1"  # kept alive between requests, as Ollama's server does
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.connections += 1
+                    server._open.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._open.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -95,8 +128,17 @@ class OllamaServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close every kept-alive connection."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self._lock:
+            connections, self._open = list(self._open), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
 
     def __enter__(self) -> OllamaServer:
         return self.start()
@@ -107,13 +149,34 @@ class OllamaServer:
     # --- responses ---------------------------------------------------------------
 
     @staticmethod
-    def _json(handler: BaseHTTPRequestHandler, status: int, body: Any, raw: bytes | None = None) -> None:
+    def _json(handler: BaseHTTPRequestHandler, status: int, body: Any, raw: bytes | None = None,
+              kind: str | None = None) -> None:
         data = raw if raw is not None else json.dumps(body).encode()
         handler.send_response(status)
-        handler.send_header("Content-Type", "application/json; charset=utf-8" if raw is None else "text/plain")
+        handler.send_header("Content-Type", kind or ("application/json; charset=utf-8" if raw is None else "text/plain"))
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    @staticmethod
+    def _start_stream(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/x-ndjson")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+    @staticmethod
+    def _write_chunk(handler: BaseHTTPRequestHandler, data: bytes) -> None:
+        handler.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    def _write_line(self, handler: BaseHTTPRequestHandler, line: dict[str, Any]) -> None:
+        self._write_chunk(handler, json.dumps(line).encode() + b"\n")
+
+    @staticmethod
+    def _end_stream(handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
 
     def _tags(self, handler: BaseHTTPRequestHandler) -> None:
         models = [{"name": name, "model": name, "modified_at": "2026-11-20T09:00:00.000000000Z", "size": 1282048,
@@ -146,29 +209,27 @@ class OllamaServer:
             return self._json(handler, 500, {"error": "too late"})
         if fault == "trickle":
             # One token every `trickle` seconds, never done: each read comes in time, the answer never does.
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/x-ndjson")
-            handler.end_headers()
+            self._start_stream(handler)
             for _ in range(int(60 / self.trickle)):
                 try:
-                    handler.wfile.write(json.dumps(self._chunk(model, {"role": "assistant", "content": "a"})).encode()
-                                        + b"\n")
-                    handler.wfile.flush()
+                    self._write_line(handler, self._chunk(model, {"role": "assistant", "content": "a"}))
                 except OSError:
                     return  # the client gave up
                 time.sleep(self.trickle)
+            handler.close_connection = True
             return
         if fault == "shutdown":
             # The server goes away: this request gets no answer, later ones find nothing listening.
             threading.Thread(target=self.stop, daemon=True).start()
             handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
             return
         if fault == "malformed":
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/x-ndjson" if stream else "application/json")
-            handler.end_headers()
-            handler.wfile.write(b'{"model": "x", "message": {"role": "assistant", "content": "hal\n' if stream
-                                else b'{"model": "x", "message": ')
+            if not stream:
+                return self._json(handler, 200, None, raw=b'{"model": "x", "message": ', kind="application/json")
+            self._start_stream(handler)
+            self._write_chunk(handler, b'{"model": "x", "message": {"role": "assistant", "content": "hal\n')
+            self._end_stream(handler)
             return
         if self.upstream:
             chunks, final = self._forward(body, self.models[name], stream, handler, fault)
@@ -180,10 +241,11 @@ class OllamaServer:
         self._answer(handler, model, chunks, final, stream, fault)  # echoed as asked, like Ollama
 
     def _scripted(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        message = {"role": "assistant", "content": self.reply.get("content", "")}
-        if self.reply.get("tool_calls"):
+        reply = self.answer(body) if self.answer else self.reply
+        message = {"role": "assistant", "content": reply.get("content", "")}
+        if reply.get("tool_calls"):
             message["tool_calls"] = [{"function": {"index": i, "name": c["name"], "arguments": c["arguments"]}}
-                                     for i, c in enumerate(self.reply["tool_calls"])]
+                                     for i, c in enumerate(reply["tool_calls"])]
         return [{"message": message, "eval_count": 3, "prompt_eval_count": 11, "done_reason": "stop"}]
 
     def _chunk(self, model: str, message: dict[str, Any], done: bool = False, **extra: Any) -> dict[str, Any]:
@@ -204,9 +266,7 @@ class OllamaServer:
         if not stream:
             return self._json(handler, 200, self._final(model, started, spec["prompt_eval_count"],
                                                         spec["eval_count"], spec["done_reason"], message))
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/x-ndjson")
-        handler.end_headers()
+        self._start_stream(handler)
         lines = []
         content = message.get("content", "")
         for piece in [content[i:i + 4] for i in range(0, len(content), 4)]:
@@ -220,9 +280,13 @@ class OllamaServer:
         else:
             lines.append(self._final(model, started, spec["prompt_eval_count"], spec["eval_count"],
                                      spec["done_reason"]))
-        for line in lines:
-            handler.wfile.write(json.dumps(line).encode() + b"\n")
-            handler.wfile.flush()
+        for n, line in enumerate(lines):
+            self._write_line(handler, line)
+            if fault == "die" and n == 0:
+                handler.close_connection = True
+                handler.connection.shutdown(socket.SHUT_RDWR)  # mid-body: the last chunk never comes
+                return
+        self._end_stream(handler)
 
     def _forward(self, body: dict[str, Any], upstream_model: str, stream: bool,
                  handler: BaseHTTPRequestHandler, fault: str | None) -> tuple[Any, Any]:
@@ -261,9 +325,7 @@ class OllamaServer:
                     response.read()
                     self._upstream_error(handler, response)
                     return None, None
-                handler.send_response(200)
-                handler.send_header("Content-Type", "application/x-ndjson")
-                handler.end_headers()
+                self._start_stream(handler)
                 for line in response.iter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
@@ -281,16 +343,17 @@ class OllamaServer:
                             call["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})
                         if delta.get("content"):
                             message = {"role": "assistant", "content": delta["content"]}
-                            handler.wfile.write(json.dumps(self._chunk(model, message)).encode() + b"\n")
-                            handler.wfile.flush()
+                            self._write_line(handler, self._chunk(model, message))
                             sent += 1
                             if fault == "truncate" and sent >= 2:
+                                self._end_stream(handler)
                                 return None, None
             if calls:
                 whole = {"tool_calls": [{"function": calls[i]} for i in sorted(calls)]}
-                handler.wfile.write(json.dumps(self._chunk(model, self._ollama_message(whole))).encode() + b"\n")
-            handler.wfile.write(json.dumps(self._final(model, started, usage.get("prompt_tokens", 0),
-                                                       usage.get("completion_tokens", 0), reason)).encode() + b"\n")
+                self._write_line(handler, self._chunk(model, self._ollama_message(whole)))
+            self._write_line(handler, self._final(model, started, usage.get("prompt_tokens", 0),
+                                                  usage.get("completion_tokens", 0), reason))
+            self._end_stream(handler)
             return None, None
 
     def _upstream_error(self, handler: BaseHTTPRequestHandler, response: httpx.Response) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import EXAMPLES, REPO, write_run
 from textual.widgets import DataTable, Static
@@ -345,3 +346,43 @@ async def test_new_run_takes_platform_and_method_from_the_config_and_what_doctor
         mlx.value = True
         await pilot.pause(0.3)
         assert "found: not installed" in str(screen.query_one("#platform-note", Static).render())
+
+
+async def test_c_on_the_runs_screen_cancels_a_running_run(runs_dir, demo_model):
+    import time
+
+    from synaptic_tui.runs import read_status
+
+    started = subprocess.run(
+        [sys.executable, "-m", "synaptic_tui", "train", "--config", str(EXAMPLES / "configs" / "sft.yaml"),
+         "--model", str(demo_model), "--runs-dir", str(runs_dir), "--yes", "--json",
+         "--set", "training.max_steps=400", "--set", "training.save_steps=1000", "--set", "dataset.test_size=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    run_dir = Path(json.loads(started.stdout)["run_dir"])
+    deadline = time.monotonic() + 120
+    while not ((s := read_status(run_dir)) and s.state == "running" and s.step >= 1):
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.1)
+    app = make_app(runs_dir)
+    notes = []
+    app.notify = lambda message, **kwargs: notes.append(message)
+    try:
+        async with app.run_test(size=(140, 40)) as pilot:
+            await pilot.press("r")
+            assert isinstance(app.screen, RunsScreen)
+            table = app.screen.query_one(RunsTable)
+            await wait_until(pilot, lambda: table.selected_run_id == run_dir.name)
+            await pilot.press("c", "y")
+            await wait_until(pilot, lambda: (s := read_status(run_dir)).finished, timeout=120)
+            await wait_until(pilot, lambda: "cancelled" in [str(c) for c in table.get_row(run_dir.name)])
+    finally:
+        if not read_status(run_dir).finished:
+            subprocess.run([sys.executable, "-m", "synaptic_tui", "runs", "cancel", run_dir.name, "--runs-dir",
+                            str(runs_dir)], cwd=REPO, capture_output=True)
+    assert notes == [f"{run_dir.name}: stop requested; it saves a checkpoint, then ends cancelled."]
+    status = read_status(run_dir)
+    # Stopped early, at a step of its own choosing, with that step saved: the trainer's cancel, not a kill.
+    assert (status.state, status.exit_code) == ("cancelled", 0) and 1 <= status.step < 400
+    assert status.last_checkpoint == f"checkpoint-{status.step}"
+    assert (run_dir / "checkpoints" / status.last_checkpoint / "adapter_model.safetensors").is_file()

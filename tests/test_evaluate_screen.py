@@ -27,13 +27,17 @@ async def settle(pilot, predicate, timeout=60.0):
     raise AssertionError("the screen did not catch up")
 
 
-def prompt_dir(tmp_path: Path, count: int = 3) -> Path:
+def prompt_dir(tmp_path: Path, count: int = 3, no_tool: bool = False) -> Path:
+    """`count` search cases the scripted server's search_notes call passes, and with `no_tool` a case that
+    expects no call at all, which that same answer fails."""
     cases = json.loads(PROMPTS.read_text())
     search = [c for c in cases if c.get("expected_tools") == ["search_notes"]][:count]
     for case in search:  # a call with just a query passes: the scripted server knows no session ids
         case.pop("expected_context", None)
         for tool in case["tools"]:
             tool["function"]["parameters"]["required"] = ["query"]
+    if no_tool:
+        search.append(next(c for c in cases if c.get("expected_tools") == []))
     (tmp_path / "prompts").mkdir()
     path = tmp_path / "prompts" / "search.json"
     path.write_text(json.dumps(search))
@@ -41,8 +45,9 @@ def prompt_dir(tmp_path: Path, count: int = 3) -> Path:
 
 
 async def test_run_an_eval_from_the_screen_and_watch_it_fill(tmp_path, runs_dir, monkeypatch):
-    prompt_set = prompt_dir(tmp_path)
+    prompt_set = prompt_dir(tmp_path, no_tool=True)
     case_ids = [c["id"] for c in json.loads(prompt_set.read_text())]
+    search_ids, no_tool_id = case_ids[:3], case_ids[3]
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SYNAPTIC_EVALS_DIR", raising=False)
     reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "x"}}]}
@@ -68,20 +73,35 @@ async def test_run_an_eval_from_the_screen_and_watch_it_fill(tmp_path, runs_dir,
             await pilot.press("ctrl+r")
 
             results = screen.query_one("#results", DataTable)
-            await settle(pilot, lambda: results.row_count == 3 and "completed" in str(
+            await settle(pilot, lambda: results.row_count == 4 and "completed" in str(
                 screen.query_one("#eval-progress", Static).render()))
             assert sorted(str(k.value) for k in results.rows) == sorted(case_ids)
             assert {str(results.get_cell(i, "called")) for i in case_ids} == {"search_notes"}
+            # The same call passes the search cases and fails the one that expects no call.
+            assert {i: str(results.get_cell(i, "pass")) for i in case_ids} == {
+                **{i: "yes" for i in search_ids}, no_tool_id: "no"}
+            assert "passed 3" in str(screen.query_one("#eval-progress", Static).render())
             summary = str(screen.query_one("#eval-summary", Static).render())
-            assert "pass rate 100% (3/3, 0 errors)" in summary and "report:" in summary
-            log = "\n".join(screen.query_one("#case-log", Log).lines)
+            assert "pass rate 75% (3/4, 0 errors)" in summary and "report:" in summary
+            assert "no-tool" in summary and "0/1" in summary
+
+            async def show(case_id: str) -> str:
+                results.move_cursor(row=results.get_row_index(case_id))
+                await pilot.pause()
+                return "\n".join(screen.query_one("#case-log", Log).lines)
+
+            log = await show(search_ids[0])
             assert 'call: search_notes {"query": "x"} (native)' in log
             # Every check of a passing case reads ok; the raw body the server sent is shown as sent.
             assert "ok   expected_tools" in log and "FAIL" not in log
             assert "raw:" in log and '"done": true' in log
+            log = await show(no_tool_id)
+            assert f"case {no_tool_id}:" in log
+            assert "FAIL expected_tools: expected no tool call, called ['search_notes']" in log
             [eval_dir] = (tmp_path / "evals").iterdir()
-            assert json.loads((eval_dir / "summary.json").read_text())["total"] == 3
-        assert len(server.requests) == 3
+            summary = json.loads((eval_dir / "summary.json").read_text())
+            assert (summary["total"], summary["passed"], summary["failed"], summary["errors"]) == (4, 3, 1, 0)
+        assert len(server.requests) == 4
 
 
 async def test_past_evals_open_and_compare(tmp_path, runs_dir, monkeypatch):

@@ -1,4 +1,4 @@
-"""The evaluator engine without a model server: prompt sets, scoring, the clients over httpx.MockTransport, runs."""
+"""The evaluator engine: prompt sets, scoring, and runs against the loopback Ollama (tests/ollama_server.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import EXAMPLES, REPO
+from ollama_server import OllamaServer
 
 from evaluator import clients
-from evaluator.clients import BackendError, OllamaClient, OpenAIClient
+from evaluator.clients import OllamaClient
 from evaluator.prompts import PromptSetError, discover_prompt_sets, load_prompt_set, select_cases
 from evaluator.runner import (EvalCannotRun, compare_evals, create_eval, list_evals, load_eval, new_settings,
                               preflight, read_results, run_eval)
@@ -263,155 +263,40 @@ def test_aggregate_by_tag_and_tool():
     assert summary["latency_s"]["mean"] == 2.0 and summary["tokens"] == {"prompt": 20, "completion": 12}
 
 
-# --- clients over a mock transport ---------------------------------------------------
-
-
-def sse(*events: object, done: bool = True) -> bytes:
-    lines = [": keepalive 1/2\n\n"]  # mlx_lm.server sends SSE comments while it reads the prompt
-    lines += [f"data: {json.dumps(e)}\n\n" for e in events]
-    if done:
-        lines.append("data: [DONE]\n\n")
-    return "".join(lines).encode()
-
-
-async def test_openai_stream_assembles_tool_call_deltas_and_usage():
-    events = [
-        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Let me look."}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [
-            {"index": 0, "id": "c1", "type": "function", "function": {"name": "search_", "arguments": '{"que'}}]}}]},
-        {"choices": [{"index": 0, "delta": {"tool_calls": [
-            {"index": 0, "function": {"name": "notes", "arguments": 'ry": "podcast"}'}}]}}]},
-        {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
-        {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 9}},
-    ]
-    seen = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, content=sse(*events), headers={"content-type": "text/event-stream"})
-
-    async with OpenAIClient("http://test/v1", transport=httpx.MockTransport(handler)) as client:
-        result = await client.chat("m", [{"role": "user", "content": "hi"}], [TOOL], temperature=0.0, max_tokens=24)
-    assert seen[0]["stream"] is True and seen[0]["max_tokens"] == 24 and seen[0]["tools"] == [TOOL]
-    assert seen[0]["stream_options"] == {"include_usage": True}
-    assert result.content == "Let me look."
-    assert result.tool_calls == [{"function": {"name": "search_notes", "arguments": '{"query": "podcast"}'}}]
-    assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (40, 9, "tool_calls")
-    assert result.token_source == "server"
-    assert result.first_token_s is not None and result.latency_s >= result.first_token_s
-
-    # A server that ignores stream_options (llama-cpp-python's): output chunks are counted instead, and said so.
-    events.pop()
-    async with OpenAIClient("http://test/v1", transport=httpx.MockTransport(handler)) as client:
-        result = await client.chat("m", [{"role": "user", "content": "hi"}])
-    assert (result.prompt_tokens, result.completion_tokens, result.token_source) == (None, 3, "stream")
-
-
-@pytest.mark.parametrize("body, kind, text", [
-    (sse({"choices": [{"delta": {"content": "a"}}]}, done=False), "truncated", "stream ended without [DONE]"),
-    (b"data: {not json\n\n", "malformed", "stream event is not JSON"),
-    (sse({"error": {"message": "model crashed"}}), "server", "model crashed"),
-])
-async def test_openai_stream_faults_are_clear(body, kind, text):
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
-    async with OpenAIClient("http://test/v1", transport=transport) as client:
-        with pytest.raises(BackendError) as err:
-            await client.chat("m", [{"role": "user", "content": "hi"}])
-    assert err.value.kind == kind and text in str(err.value)
-
-
-async def test_4xx_is_not_retried_and_shows_the_servers_message():
-    calls = []
-
-    def handler(request):
-        calls.append(request)
-        return httpx.Response(400, json={"error": {"message": "max_tokens must be positive"}})
-
-    async with OpenAIClient("http://test/v1", transport=httpx.MockTransport(handler), backoff=0) as client:
-        with pytest.raises(BackendError) as err:
-            await client.chat("m", [], stream=False)
-    assert len(calls) == 1 and err.value.status == 400
-    assert str(err.value) == "HTTP 400 from http://test/v1/chat/completions: max_tokens must be positive"
-
-
-async def test_5xx_and_connect_errors_are_retried_with_a_bound():
-    answers = [httpx.Response(503, json={"error": "loading"}), httpx.Response(500, text="oops"),
-               httpx.Response(200, json={"choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}]})]
-    transport = httpx.MockTransport(lambda request: answers.pop(0))
-    async with OpenAIClient("http://test/v1", transport=transport, backoff=0) as client:
-        result = await client.chat("m", [], stream=False)
-    assert result.content == "fine" and result.attempts == 3
-
-    tries = []
-
-    def refuse(request):
-        tries.append(request)
-        raise httpx.ConnectError("Connection refused", request=request)
-
-    async with OllamaClient("http://test", transport=httpx.MockTransport(refuse), retries=2, backoff=0) as client:
-        with pytest.raises(BackendError) as err:
-            await client.chat("m", [], stream=False)
-    assert len(tries) == 3 and err.value.kind == "connect"
-    assert str(err.value).startswith("cannot connect to http://test/api/chat") and "(after 3 attempts)" in str(err.value)
-
-
-async def test_retries_back_off_exponentially(monkeypatch):
-    waits = []
-
-    async def no_wait(seconds):
-        waits.append(seconds)
-
-    monkeypatch.setattr(clients.asyncio, "sleep", no_wait)
-    transport = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": "loading"}))
-    async with OllamaClient("http://test", transport=transport, retries=3, backoff=0.5) as client:
-        with pytest.raises(BackendError):
-            await client.chat("m", [], stream=False)
-    assert waits == [0.5, 1.0, 2.0]
+# --- the Ollama client and the runner, against the loopback Ollama (tests/ollama_server.py) ----------
+# The OpenAI client's streaming, faults and retries: tests/test_openai_client.py.
 
 
 async def test_ollama_non_streaming_tool_calls_and_options():
-    seen = []
-
-    def handler(request):
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, json={
-            "model": "m", "created_at": "2025-07-07T20:32:53.844124Z",
-            "message": {"role": "assistant", "content": "",
-                        "tool_calls": [{"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Oslo"}}}]},
-            "done_reason": "stop", "done": True, "prompt_eval_count": 169, "eval_count": 18})
-
-    async with OllamaClient("http://test", transport=httpx.MockTransport(handler)) as client:
-        result = await client.chat("m", [{"role": "user", "content": "w?"}], [TOOL], temperature=0.2, top_p=0.9,
-                                   max_tokens=64, stream=False)
-    assert seen[0]["options"] == {"temperature": 0.2, "top_p": 0.9, "num_predict": 64} and seen[0]["stream"] is False
-    assert seen[0]["tools"] == [TOOL]
-    assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (169, 18, "stop")
+    reply = {"content": "", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}
+    with OllamaServer(reply=reply) as server:
+        async with OllamaClient(server.url) as client:
+            result = await client.chat("demo-model", [{"role": "user", "content": "w?"}], [TOOL], temperature=0.2,
+                                       top_p=0.9, max_tokens=64, stream=False)
+    seen = server.requests[0]
+    assert seen["options"] == {"temperature": 0.2, "top_p": 0.9, "num_predict": 64} and seen["stream"] is False
+    assert seen["tools"] == [TOOL]
+    assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (11, 3, "stop")
     calls, _ = find_calls(result.content, result.tool_calls)
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", {"city": "Oslo"})]
 
 
-async def test_unreadable_model_list_is_a_warning_not_a_failure(tmp_path):
-    # mlx_lm.server answers /v1/models with 200 and an empty body when the HF cache dir does not exist.
-    client = OpenAIClient("http://test/v1", transport=httpx.MockTransport(lambda r: httpx.Response(200, content=b"")))
-    settings = new_settings("openai", "m", load_prompt_set(PROMPTS), url="http://test/v1")
-    warnings = await preflight(settings, client)
-    assert len(warnings) == 1 and "could not read the model list" in warnings[0]
-    listing = OllamaClient("http://test", transport=httpx.MockTransport(
-        lambda r: httpx.Response(200, json={"models": [{"name": "qwen:latest"}]})))
-    with pytest.raises(EvalCannotRun, match=r"model 'demo' is not served at .* \(it lists: qwen:latest\); `ollama pull demo`"):
-        await preflight(new_settings("ollama", "demo", load_prompt_set(PROMPTS), url="http://test"), listing)
-    assert await preflight(new_settings("ollama", "qwen", load_prompt_set(PROMPTS), url="http://test"), listing) == []
+async def test_an_ollama_model_is_found_under_its_latest_tag_or_named_missing():
+    with OllamaServer({"qwen:latest": "qwen"}) as server:
+        with pytest.raises(EvalCannotRun, match=r"model 'demo' is not served at .* \(it lists: qwen:latest\); "
+                                                r"`ollama pull demo`"):
+            await preflight(new_settings("ollama", "demo", load_prompt_set(PROMPTS), url=server.url))
+        assert await preflight(new_settings("ollama", "qwen", load_prompt_set(PROMPTS), url=server.url)) == []
 
 
-# --- running, resuming, comparing (mock server answering by case) -------------------------
+# --- running, resuming, comparing (a loopback Ollama answering by case) -------------------------
 
 
 def answering(good: set[str], log: list[str]):
-    """A mock Ollama that answers correctly for questions of cases in `good`, with text otherwise."""
+    """Answers for the loopback Ollama: correct tool calls for the cases in `good`, text without calls otherwise."""
     cases = {(c.system, c.question): c for c in load_prompt_set(PROMPTS).cases}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    def answer(body: dict) -> dict:
         case = cases[(body["messages"][0]["content"], body["messages"][-1]["content"])]
         log.append(case.id)
         calls = []
@@ -420,29 +305,31 @@ def answering(good: set[str], log: list[str]):
                 required = case.tool_schemas()[name].get("required", [])
                 args = {k: "x" for k in required if k != "context"}
                 args["context"] = dict(case.expected_context)
-                calls.append({"function": {"name": name, "arguments": args}})
-        return httpx.Response(200, json={"model": "m", "message": {"role": "assistant", "content": "done",
-                                                                    "tool_calls": calls},
-                                         "done": True, "prompt_eval_count": 5, "eval_count": 2})
-    return handler
+                calls.append({"name": name, "arguments": args})
+        return {"content": "done", "tool_calls": calls}
+    return answer
 
 
 async def test_run_eval_writes_results_as_cases_finish_then_resumes_only_missing(tmp_path):
     prompt_set = load_prompt_set(PROMPTS)
-    settings = new_settings("ollama", "m", prompt_set, url="http://test", limit=8, stream=False, concurrency=3)
-    eval_dir = create_eval(settings, tmp_path / "evals")
     asked: list[str] = []
     seen: list[str] = []
+    with OllamaServer(answer=answering({"case-001", "case-002"}, asked)) as server:
+        settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, limit=8, stream=False,
+                                concurrency=3)
+        eval_dir = create_eval(settings, tmp_path / "evals")
 
-    def on_result(record):
-        # Each record is on disk before the callback hears of it.
-        assert record["id"] in {r["id"] for r in read_results(eval_dir)}
-        seen.append(record["id"])
+        def on_result(record):
+            # Each record is on disk before the callback hears of it.
+            assert record["id"] in {r["id"] for r in read_results(eval_dir)}
+            seen.append(record["id"])
 
-    client = OllamaClient("http://test", transport=httpx.MockTransport(answering({"case-001", "case-002"}, asked)))
-    summary = await run_eval(eval_dir, on_result=on_result, client=client)
+        summary = await run_eval(eval_dir, on_result=on_result)
     assert sorted(seen) == sorted(asked) == settings.case_ids
-    assert summary["total"] == 8 and summary["passed"] >= 2
+    # The two answered correctly pass, and so does case-003, which expects no call and got none; the rest fail.
+    assert {r["id"]: r["passed"] for r in read_results(eval_dir)} == {
+        case_id: case_id in ("case-001", "case-002", "case-003") for case_id in settings.case_ids}
+    assert (summary["total"], summary["passed"], summary["failed"], summary["errors"]) == (8, 3, 5, 0)
     assert {p.name for p in eval_dir.iterdir()} == {"eval.json", "results.jsonl", "summary.json", "report.md"}
     assert load_eval(eval_dir).state == "completed"
     record = json.loads((eval_dir / "results.jsonl").read_text().splitlines()[0])
@@ -456,9 +343,9 @@ async def test_run_eval_writes_results_as_cases_finish_then_resumes_only_missing
     (eval_dir / "results.jsonl").write_text("".join(lines[:3]) + lines[3][:40])
     kept = [json.loads(line)["id"] for line in lines[:3]]
     asked.clear()
-    client = OllamaClient("http://test", transport=httpx.MockTransport(answering(set(), asked)))
     started = []
-    await run_eval(eval_dir, client=client, on_start=lambda done, total: started.append((done, total)))
+    with OllamaServer(answer=answering(set(), asked)) as server:
+        await run_eval(eval_dir, url=server.url, on_start=lambda done, total: started.append((done, total)))
     assert started == [(3, 8)]
     assert sorted(asked) == sorted(set(settings.case_ids) - set(kept))
     rows = [json.loads(line) for line in (eval_dir / "results.jsonl").read_text().splitlines()]
@@ -469,9 +356,10 @@ async def test_compare_two_evals_flips_and_tag_deltas(tmp_path):
     prompt_set = load_prompt_set(PROMPTS)
     dirs = []
     for good in ({"case-001", "case-002"}, {"case-002", "case-004"}):
-        settings = new_settings("ollama", "m", prompt_set, url="http://test", limit=4, stream=False)
-        eval_dir = create_eval(settings, tmp_path / "evals")
-        await run_eval(eval_dir, client=OllamaClient("http://test", transport=httpx.MockTransport(answering(good, []))))
+        with OllamaServer(answer=answering(good, [])) as server:
+            settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, limit=4, stream=False)
+            eval_dir = create_eval(settings, tmp_path / "evals")
+            await run_eval(eval_dir)
         dirs.append(eval_dir)
     assert dirs[0] != dirs[1]  # same second: the id gets a suffix
     comparison = compare_evals(*dirs)
@@ -486,11 +374,13 @@ async def test_compare_two_evals_flips_and_tag_deltas(tmp_path):
 async def test_resume_refuses_a_changed_prompt_set(tmp_path):
     path = tmp_path / "set.json"
     path.write_text(PROMPTS.read_text())
-    eval_dir = create_eval(new_settings("ollama", "m", load_prompt_set(path), url="http://test", limit=2),
-                           tmp_path / "evals")
-    path.write_text(PROMPTS.read_text().replace("podcast", "garden"))
-    with pytest.raises(EvalCannotRun, match="changed since this eval started"):
-        await run_eval(eval_dir, client=OllamaClient("http://test", transport=httpx.MockTransport(answering(set(), []))))
+    with OllamaServer() as server:
+        eval_dir = create_eval(new_settings("ollama", "demo-model", load_prompt_set(path), url=server.url, limit=2),
+                               tmp_path / "evals")
+        path.write_text(PROMPTS.read_text().replace("podcast", "garden"))
+        with pytest.raises(EvalCannotRun, match="changed since this eval started"):
+            await run_eval(eval_dir)
+    assert server.requests == []
 
 
 # --- command line --------------------------------------------------------------------

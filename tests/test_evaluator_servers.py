@@ -16,12 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import EXAMPLES, REPO, write_run
 from ollama_server import OllamaServer
+from openai_loopback import OpenAIServer
 
-from evaluator.clients import OllamaClient
+from evaluator.clients import BackendError, OllamaClient
 from evaluator.prompts import load_prompt_set
 from evaluator.runner import create_eval, load_eval, new_settings, read_results, run_eval
 
@@ -132,12 +132,17 @@ def one_case(tmp_path: Path, case_id: str = "case-002") -> Path:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_native_ollama_tool_calls_are_scored(tmp_path, stream):
+@pytest.mark.parametrize(("workspace", "reasons"), [
+    ("ws_0c53", []),
+    # The same call with the workspace id lost on the way: the one failing check says so.
+    ("ws_0000", ["search_notes lacks workspaceId='ws_0c53'"]),
+])
+async def test_native_ollama_tool_calls_are_scored(tmp_path, stream, workspace, reasons):
     context = {"sessionId": "sess_e9ff0e", "workspaceId": "ws_0c53"}
     prompt_set = load_prompt_set(one_case(tmp_path))
     assert prompt_set.cases[0].expected_context == context
-    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {"query": "sourdough",
-                                                                                   "context": context}}]}
+    reply = {"content": "", "tool_calls": [{"name": "search_notes", "arguments": {
+        "query": "sourdough", "context": {**context, "workspaceId": workspace}}}]}
     with OllamaServer(reply=reply) as server:
         settings = new_settings("ollama", "demo-model", prompt_set, url=server.url, stream=stream)
         eval_dir = create_eval(settings, tmp_path / "evals")
@@ -145,7 +150,11 @@ async def test_native_ollama_tool_calls_are_scored(tmp_path, stream):
     record = read_results(eval_dir)[0]
     assert record["native_tool_calls"] == [{"function": {"index": 0, **reply["tool_calls"][0]}}]
     assert record["calls"] == [{**reply["tool_calls"][0], "source": "native"}]
-    assert record["passed"] and summary["pass_rate"] == 1.0
+    assert (record["passed"], record["reasons"]) == (not reasons, reasons)
+    assert {c["name"]: c["passed"] for c in record["checks"]} == {
+        "expected_tools": True, "no_unexpected_calls": True, "arguments_valid": True, "expected_context": not reasons}
+    assert (summary["passed"], summary["failed"], summary["pass_rate"]) == (
+        (1, 0, 1.0) if not reasons else (0, 1, 0.0))
     assert (record["prompt_tokens"], record["completion_tokens"], record["finish_reason"]) == (11, 3, "stop")
 
 
@@ -162,13 +171,17 @@ async def test_each_fault_is_recorded_and_the_eval_completes(tmp_path):
     records = {r["id"]: r for r in read_results(eval_dir)}
     ids = settings.case_ids
     assert records[ids[0]]["error"] is None and records[ids[0]]["attempts"] == 3
+    # The two cases that got an answer ("hello", no call) fail as answers; a fault is an error, never a pass.
+    assert {i: r["passed"] for i, r in records.items()} == dict.fromkeys(ids, False)
+    assert [r["reasons"][0] for r in (records[ids[0]], records[ids[5]])] == [
+        "did not call ['read_note', 'search_notes'] (called nothing)", "did not call ['create_note'] (called nothing)"]
     expected = {ids[1]: "timeout", ids[2]: "malformed", ids[3]: "truncated", ids[4]: "server"}
     assert {i: records[i]["error"]["kind"] for i in expected} == expected
     assert "stream line is not JSON" in records[ids[2]]["error"]["message"]
     assert "stream ended before its final 'done' message" in records[ids[3]]["error"]["message"]
     assert "an error was encountered while running the model" in records[ids[4]]["error"]["message"]
     assert records[ids[5]]["error"] is None
-    assert summary["errors"] == 4 and summary["total"] == 6
+    assert (summary["total"], summary["passed"], summary["failed"], summary["errors"]) == (6, 0, 2, 4)
     assert load_eval(eval_dir).state == "completed"
     report = (eval_dir / "report.md").read_text()
     assert "## Errors (4)" in report and "[timeout]" in report
@@ -189,58 +202,16 @@ async def test_non_streaming_malformed_body_and_a_server_that_goes_away(tmp_path
     assert summary["total"] == 4 and load_eval(eval_dir).state == "completed"
 
 
-class CannedUpstream:
-    """An OpenAI-compatible server that answers every chat with fixed SSE events (or an error status)."""
-
-    def __init__(self, events: list[dict] | None = None, status: int = 200):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
-
-        canned = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if status != 200:
-                    body = json.dumps({"error": {"message": "model crashed", "type": "server_error"}}).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for event in canned.events:
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-        self.events = events or []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 async def test_the_ollama_server_sends_a_tool_call_streamed_in_pieces_whole():
     # OpenAI-style streaming: the name, then the arguments in fragments, then usage.
     piece = lambda **fn: {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **({"id": "c1", "type": "function"} if "name" in fn else {}), "function": fn}]}, "finish_reason": None}]}  # noqa: E731,E501
     events = [piece(name="get_weather", arguments=""), piece(arguments='{"city": '), piece(arguments='"Oslo"}'),
               {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
               {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7}}]
-    upstream = CannedUpstream(events)
-    try:
+    with OpenAIServer(models=("m",), events=events) as upstream:
         with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
             async with OllamaClient(server.url) as client:
                 result = await client.chat("m", [{"role": "user", "content": "weather?"}], stream=True)
-    finally:
-        upstream.close()
     assert result.tool_calls == [{"function": {"index": 0, "name": "get_weather", "arguments": {"city": "Oslo"}}}]
     assert (result.prompt_tokens, result.completion_tokens) == (9, 7)
     assert OLLAMA_FINAL_FIELDS <= set(result.raw)
@@ -248,17 +219,13 @@ async def test_the_ollama_server_sends_a_tool_call_streamed_in_pieces_whole():
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_the_ollama_server_passes_an_upstream_failure_on_as_an_ollama_error(stream):
-    from evaluator.clients import BackendError
-
-    upstream = CannedUpstream(status=500)
-    try:
+    with OpenAIServer(models=("m",)) as upstream:
+        upstream.faults = ["500"]
         with OllamaServer({"m:latest": "m"}, upstream=upstream.url) as server:
             async with OllamaClient(server.url, retries=0) as client:
                 with pytest.raises(BackendError) as err:
                     await client.chat("m", [{"role": "user", "content": "hi"}], stream=stream)
-    finally:
-        upstream.close()
-    assert err.value.status == 500 and "model crashed" in str(err.value)
+    assert err.value.status == 500 and str(err.value) == f"HTTP 500 from {server.url}/api/chat: injected 500"
 
 
 @pytest.mark.parametrize("concurrency", [None, 2])
@@ -431,3 +398,20 @@ def test_mlx_lm_server_answers_behaviour_cases_and_judges_them(mlx_server, tmp_p
     judged_checks = sum(1 for r in records for c in r["behavior"] if c["judge"] is not None)
     assert judged_checks == 6 and judge["judged"] + judge["failed"] == judged_checks
     assert "## By expectation" in (Path(summary["eval_dir"]) / "report.md").read_text()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_ollama_client_keeps_one_connection_and_names_a_stream_cut_short(stream):
+    with OllamaServer(reply={"content": "a longer answer, in pieces"}) as server:
+        async with OllamaClient(server.url, backoff=0) as client:
+            answers = [await client.chat("demo-model", [{"role": "user", "content": "hi"}], stream=stream)
+                       for _ in range(3)]
+            assert await client.list_models() == ["demo-model:latest"]
+            assert server.connections == 1  # read to the end of each answer, so the connection is reused
+            if stream:  # the connection closed after the first line: no done message, no end of body
+                server.faults = ["die"]
+                with pytest.raises(BackendError) as err:
+                    await client.chat("demo-model", [{"role": "user", "content": "hi"}])
+                assert err.value.kind == "truncated" and "closed the connection mid-response" in str(err.value)
+    assert [a.content for a in answers] == ["a longer answer, in pieces"] * 3
+    assert [a.completion_tokens for a in answers] == [3, 3, 3]

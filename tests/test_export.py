@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,7 @@ def test_upload_sends_verified_files_and_card_to_the_hub(run_dir, runs_dir, tmp_
         for commit in hub.commits:
             assert f"{hub.url}/me/demo-sft/commit/{commit['oid']}" in out.stdout
         assert all(h == f"Bearer {SECRET}" for h in hub.auth_headers if h is not None)
+        assert hub.connections < len(hub.requests)  # huggingface_hub reused kept-alive connections
     assert_secret_nowhere(out, runs_dir)
 
 
@@ -358,3 +360,105 @@ def test_the_dry_run_estimates_what_is_not_exported_yet(run_dir, runs_dir):
     assert out.returncode == 0, out.stderr
     # The demo model's size is known from its files: a merged bf16 copy is about 2 bytes a parameter.
     assert "merged-16bit  -> /              not exported yet (about " in out.stdout
+
+
+def exporter_events(process: subprocess.Popen, until) -> list[dict]:
+    """The exporter's JSON events, read as they come, up to the first one `until` accepts."""
+    seen = []
+    for line in process.stdout:
+        if line.startswith('{"event"'):
+            seen.append(json.loads(line))
+            if until(seen[-1]):
+                return seen
+    raise AssertionError(f"the exporter ended first: {seen}")
+
+
+@pytest.mark.slow
+def test_a_stopped_export_leaves_nothing_half_written(run_dir, runs_dir):
+    best = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+    # SIGTERM to the exporter (what the app and `pipeline cancel` send) while it merges, after lora is done.
+    exporter = subprocess.Popen([sys.executable, "-m", "trainers.export", "--run-dir", str(run_dir),
+                                 "--format", "lora", "--format", "merged-16bit"], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        events = exporter_events(exporter, lambda e: e["event"] == "step" and e["format"] == "merged-16bit")
+        exporter.send_signal(signal.SIGTERM)
+        rest = [json.loads(line) for line in exporter.stdout if line.startswith('{"event"')]
+        assert exporter.wait(timeout=120) == 3
+    finally:
+        exporter.kill()
+    assert [e["format"] for e in events if e["event"] == "done"] == ["lora"]
+    assert rest == [{"event": "error", "message": "stopped by SIGTERM; finished formats were kept, "
+                                                  "the unfinished one removed"}]
+    assert sorted(p.name for p in (run_dir / "exports").iterdir()) == [best]
+    assert sorted(p.name for p in (run_dir / "exports" / best).iterdir()) == ["lora"]  # no merged-16bit, no staging
+    assert read_export(export_dir(run_dir, best, "lora"))["format"] == "lora"
+
+    # ctrl+c on `synaptic-tui export`: it stops its exporter the same way and says so.
+    command = subprocess.Popen([sys.executable, "-m", "synaptic_tui", "export", run_dir.name, "--format", "merged-16bit",
+                                "--runs-dir", str(runs_dir)], cwd=REPO, text=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        for line in command.stderr:
+            if line.startswith("  [merged-16bit] merging the adapter"):
+                break
+        command.send_signal(signal.SIGINT)
+        stderr = command.stderr.read()
+        assert command.wait(timeout=120) == 3
+    finally:
+        command.kill()
+    assert "export stopped; finished formats were kept" in stderr
+    assert sorted(p.name for p in (run_dir / "exports" / best).iterdir()) == ["lora"]
+    assert no_staging_left(run_dir)
+
+
+@pytest.mark.slow
+def test_a_public_upload_puts_the_gguf_files_at_the_repo_root(run_dir, runs_dir):
+    with HubServer(token=SECRET) as hub:
+        out = cli("upload", run_dir.name, "--repo-id", "me/demo-gguf", "--format", "lora", "--format", "gguf-q8_0",
+                  "--public", runs_dir=runs_dir, env=hub.env, timeout=900)
+        assert out.returncode == 0, out.stderr
+        repo = hub.repos["me/demo-gguf"]
+        assert (repo["private"], repo["visibility"]) == (False, "public")
+        best = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+        gguf_dir = export_dir(run_dir, best, "gguf-q8_0")
+        gguf = read_export(gguf_dir)["file"]
+        # The first weights format and every GGUF file at the root: `ollama run hf.co/me/demo-gguf:Q8_0` finds it.
+        assert set(repo["files"]) == {"adapter_config.json", "adapter_model.safetensors", gguf, "Modelfile.q8_0",
+                                      "README.md"} | {f for f in read_export(export_dir(run_dir, best, "lora"))["files"]
+                                                      if f != "export.json"}
+        assert repo["files"][gguf] == (gguf_dir / gguf).read_bytes() and gguf in repo["lfs_paths"]
+        card = repo["files"]["README.md"].decode()
+    assert "- **gguf-q8_0** in the repository root." in card and "ollama run hf.co/me/demo-gguf:Q8_0" in card
+    # The demo tokenizer is unknown to llama.cpp: the card and the export report say which pre-tokenizer was used.
+    assert "llama.cpp did not recognise this tokenizer's pre-tokenizer, so the GGUF uses `gpt-2`'s" in card
+    assert "pre-tokenizer: not known to llama.cpp, 'gpt-2' used" in out.stdout
+    assert "uploaded to " + hub.url + "/me/demo-gguf" in out.stdout
+
+
+async def test_x_on_the_upload_form_exports_without_uploading(run_dir, runs_dir, monkeypatch):
+    from textual.widgets import Log
+
+    from synaptic_tui.app import SynapticApp
+    from synaptic_tui.screens.upload import UploadScreen
+    from synaptic_tui.services import Services
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: an upload attempt would fail
+    best = json.loads((run_dir / "status.json").read_text())["best_checkpoint"]
+    app = SynapticApp(Services.create(runs_dir))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.push_screen(UploadScreen(run_dir=run_dir, checkpoint=best))
+        await pilot.pause()
+        screen = app.screen
+        await pilot.press("x")
+        await pilot.pause()
+        assert screen.busy  # started at once, no confirm: exporting sends nothing anywhere
+        for _ in range(1200):
+            await pilot.pause(0.1)
+            if not screen.busy:
+                break
+        log = "\n".join(screen.query_one("#upload-log", Log).lines)
+    lora = export_dir(run_dir, best, "lora")
+    assert f"lora: verified, {lora}" in log and log.splitlines()[-1] == f"Exported lora of {best}.", log
+    assert read_export(lora)["verify"]["loads"] is True
+    assert [e["format"] for e in list_exports(run_dir)] == ["lora"] and no_staging_left(run_dir)

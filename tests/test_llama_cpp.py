@@ -3,7 +3,8 @@ compiles from source (minutes on 2 cores). Not part of the default run; select i
 after installing it (README, "Tests"). Selected without llama-cpp-python, these tests fail: they never skip.
 
 What it covers that the default tier cannot: k-quants through llama-cpp-python's quantizer, GGUF exports
-loaded and asked for tokens by llama.cpp itself, an eval against llama-cpp-python's OpenAI-compatible server
+loaded and asked for tokens by llama.cpp itself, llama.cpp's own tokenization of every exported family
+against the Hugging Face tokenizer's, an eval against llama-cpp-python's OpenAI-compatible server
 with concurrent streams, and a pipeline whose `backend: local` eval serves a GGUF export.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import EXAMPLES, REPO, copy_run
+from gguf_tokens import FAMILIES, sample_texts
 
 pytestmark = pytest.mark.llama_cpp
 
@@ -53,17 +55,35 @@ def exports(run_dir: Path) -> dict[str, dict]:
     return {fmt.name: {**json.loads((fmt / "export.json").read_text()), "dir": fmt} for fmt in root.iterdir()}
 
 
-def test_k_quants_through_llama_cpp_python_load_and_generate(gguf_run):
+def test_k_quants_through_llama_cpp_python_load_and_generate(gguf_run, demo_model):
     done = exports(gguf_run)
     q4 = done["gguf-q4_k_m"]
     assert q4["quantizer"] == "llama-cpp-python"
     q8_size = (done["gguf-q8_0"]["dir"] / done["gguf-q8_0"]["file"]).stat().st_size
     assert (q4["dir"] / q4["file"]).stat().st_size < q8_size
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(demo_model))  # the run's base model: its tokenizer
     for record in done.values():
         verify = record["verify"]
-        # llama.cpp itself loaded the file and produced tokens from it.
-        assert verify["loaded_by_llama_cpp"] is True and isinstance(verify["llama_cpp_sample"], str)
+        # llama.cpp itself loaded the file and generated from it: tokens, and text that is their decoding.
+        assert verify["loaded_by_llama_cpp"] is True and verify["llama_cpp_tokens"] and verify["llama_cpp_sample"]
+        assert verify["llama_cpp_sample"] == tokenizer.decode(verify["llama_cpp_tokens"],
+                                                               clean_up_tokenization_spaces=False)
         assert verify["chat_template"] and verify["tools_in_template"]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_llama_cpp_tokenizes_as_the_hugging_face_tokenizer_does(family, family_gguf):
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    model_dir, record = family_gguf(family)
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    llm = Llama(model_path=str(record["path"]), vocab_only=True, verbose=False)
+    for text in sample_texts(hf):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf(text, add_special_tokens=False)[
+            "input_ids"], text
 
 
 def test_eval_against_llama_cpp_server_with_concurrent_streams(gguf_run, tmp_path):

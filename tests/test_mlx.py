@@ -168,3 +168,33 @@ def test_mlx_loss_mask_covers_only_the_assistant_turns(demo_model):
     assert user not in trained and "<tool_call>" in trained
     _, everything = ChatRows(rows, tokenizer, assistant_only=False, strategy="all").process(rows[0])
     assert everything.all()
+
+
+@pytest.mark.slow
+def test_mlx_resume_continues_the_data_order(demo_model, runs_dir):
+    # Four steps straight, then again from checkpoint-2: the resumed run must see the same batches in the
+    # same order (the seeded shuffle replayed, the two trained batches skipped), not start the data over.
+    out = cli("train", "--platform", "mlx", "--config", MLX, "--model", str(demo_model), "--yes", "--wait", "--json",
+              "--set", "training.max_steps=4", "--set", "training.save_steps=2", "--set", "dataset.test_size=0",
+              "--set", "training.save_total_limit=5", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    straight = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                if "loss" in r}
+    out = cli("runs", "resume", run_dir.name, "--from", "checkpoint-2", runs_dir=runs_dir)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 400
+    while not ((status := read_status(run_dir)).state == "succeeded" and status.ended_at):
+        assert status.state not in ("failed", "cancelled"), status.error
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    resumed = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+               if "loss" in r}
+    assert sorted(resumed) == [1, 2, 3, 4]
+    # Tokens trained so far count each batch's real tokens: equal only if every batch after the resume is
+    # the one the straight run trained at that step.
+    assert [resumed[s]["trained_tokens"] for s in range(1, 5)] == [straight[s]["trained_tokens"] for s in range(1, 5)]
+    assert [resumed[s]["loss"] for s in range(3, 5)] == pytest.approx([straight[s]["loss"] for s in range(3, 5)],
+                                                                     rel=1e-4)
+    assert [resumed[s]["learning_rate"] for s in range(3, 5)] == pytest.approx(
+        [straight[s]["learning_rate"] for s in range(3, 5)])

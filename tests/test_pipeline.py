@@ -106,7 +106,8 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
         "upload": {"repo_id": "me/pipeline-demo"},
         "eval": {"backend": "local", "prompt_set": "two.json", "max_tokens": 8, "concurrency": 2, "baseline": True},
     }, training={"logging_steps": 1, "per_device_train_batch_size": 2, "learning_rate": 5e-4})
-    hub = HubServer(token="hf_pipelineToken0123456789").start()
+    token = "hf_pipelineToken0123456789"
+    hub = HubServer(token=token).start()
     try:
         # The detached runner inherits this environment: its upload goes to the loopback Hub.
         out = cli("pipeline", "--config", str(path), "--json", runs_dir=runs_dir, env=hub.env)
@@ -168,8 +169,16 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
     # The base model was evaluated on the same cases, and the two compared.
     assert Path(evaluation["baseline_dir"]).parent == pipeline_dir / "evals"
+    # The stage's numbers are the records' own: what passed, out of how many, against the base model's.
+    passed = sum(r["passed"] for r in records)
+    assert (evaluation["passed"], evaluation["total"], evaluation["pass_rate"]) == (passed, 2, round(passed / 2, 4))
+    base = [json.loads(line) for line in (Path(evaluation["baseline_dir"]) / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in base) == [c["id"] for c in cases] and all(r["error"] is None for r in base)
+    base_rate = round(sum(r["passed"] for r in base) / 2, 4)
     comparison = json.loads(Path(evaluation["comparison"]).read_text())
-    assert comparison["overall"]["b"] == evaluation["pass_rate"] and "delta" in comparison["overall"]
+    assert comparison["overall"] == {"a": base_rate, "b": evaluation["pass_rate"],
+                                     "delta": round(evaluation["pass_rate"] - base_rate, 4)}
+    assert (evaluation["baseline_pass_rate"], evaluation["delta"]) == (base_rate, comparison["overall"]["delta"])
     shown = cli("pipeline", "show", pipeline_dir.name, runs_dir=runs_dir)
     assert "succeeded" in shown.stdout and f"checkpoint {select['checkpoint']}" in shown.stdout
     listed = json.loads(cli("pipeline", "list", "--json", runs_dir=runs_dir).stdout)
@@ -177,6 +186,12 @@ def test_whole_chain_stopped_mid_kto_resumes_without_redoing_sft(demo_model, run
     # The pipeline's directory is not mistaken for a run.
     runs = json.loads(cli("runs", "list", "--json", runs_dir=runs_dir).stdout)
     assert sorted(r["run_id"] for r in runs) == sorted([sft_run.name, kto_run])
+    # The upload used the token, and nothing the pipeline wrote holds it: pipeline.log, pipeline.json, the
+    # runs' logs and status files, the server logs.
+    assert all(h == f"Bearer {token}" for h in hub.auth_headers if h is not None) and hub.commits
+    assert (pipeline_dir / "pipeline.log").is_file() and (pipeline_dir / "pipeline.json").is_file()
+    holding = [str(f) for f in runs_dir.rglob("*") if f.is_file() and token.encode() in f.read_bytes()]
+    assert holding == [] and token not in shown.stdout + shown.stderr
 
 
 def test_upload_stage_without_a_token_is_skipped_with_a_note(demo_model, runs_dir, tmp_path):
@@ -278,7 +293,8 @@ def test_eval_stage_serves_the_model_itself_and_evaluates_it(demo_model, runs_di
     # A random-weight model answers gibberish: what matters is that a real server answered every case.
     assert sorted(r["id"] for r in records) == [c["id"] for c in cases]
     assert all(r["error"] is None and r["completion_tokens"] > 0 for r in records)
-    assert result["total"] == 2 and result["pass_rate"] is not None
+    passed = sum(r["passed"] for r in records)
+    assert (result["passed"], result["total"], result["pass_rate"]) == (passed, 2, round(passed / 2, 4))
     assert "serving" in (pipeline_dir / "pipeline.log").read_text()
 
 

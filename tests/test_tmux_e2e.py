@@ -16,17 +16,26 @@ from conftest import EXAMPLES, REPO
 
 from synaptic_tui.runs import list_runs, read_status
 
-TMUX = shutil.which("tmux")
+
+
+@pytest.fixture
+def tmux() -> str:
+    """tmux, which .ci/run installs. Without it these tests fail: a skip would let CI pass without them."""
+    path = shutil.which("tmux")
+    if path is None:
+        pytest.fail("tmux is not installed; the end-to-end tests need it (.ci/run installs it: apt-get install tmux)")
+    return path
 
 
 class Terminal:
-    def __init__(self, command: str, env: dict[str, str], size=(120, 40)) -> None:
+    def __init__(self, tmux: str, command: str, env: dict[str, str], size=(120, 40)) -> None:
         self.socket = f"synaptic-test-{uuid.uuid4().hex[:8]}"
+        self.binary = tmux
         self.env = env
         self.tmux("new-session", "-d", "-x", str(size[0]), "-y", str(size[1]), command)
 
     def tmux(self, *args: str) -> str:
-        out = subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True, env=self.env,
+        out = subprocess.run([self.binary, "-L", self.socket, *args], capture_output=True, text=True, env=self.env,
                              cwd=REPO, timeout=30)
         return out.stdout
 
@@ -48,11 +57,10 @@ class Terminal:
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
     def close(self) -> None:
-        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True)
+        subprocess.run([self.binary, "-L", self.socket, "kill-server"], capture_output=True)
 
 
-@pytest.mark.skipif(TMUX is None, reason="tmux is installed by .ci/run; install it to run this test")
-def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
+def test_follow_a_training_run_close_and_reattach(tmux, demo_model, runs_dir):
     env = {**os.environ, "TERM": "xterm-256color", "TEXTUAL_COLOR_SYSTEM": "256"}
     started = subprocess.run(
         [sys.executable, "-m", "synaptic_tui", "train", "--config", str(EXAMPLES / "configs" / "sft.yaml"),
@@ -62,7 +70,7 @@ def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
     assert started.returncode == 0, started.stderr
     run_dir = Path(json.loads(started.stdout)["run_dir"])
     app = f"{sys.executable} -m synaptic_tui --runs-dir {runs_dir}"
-    terminal = Terminal(app, env)
+    terminal = Terminal(tmux, app, env)
     try:
         terminal.wait_for("Recent runs", timeout=30)
         terminal.keys("r")
@@ -75,7 +83,7 @@ def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
         terminal.close()
     assert read_status(run_dir).state == "running", "quitting the app left the run running"
     # Reopen mid-run: the run is picked up again, live, from wherever it is now.
-    terminal = Terminal(app, env)
+    terminal = Terminal(tmux, app, env)
     try:
         terminal.wait_for("Recent runs", timeout=30)
         terminal.keys("r", "Enter")
@@ -98,10 +106,9 @@ def test_follow_a_training_run_close_and_reattach(demo_model, runs_dir):
     assert [r.run_id for r in list_runs(runs_dir)] == [run_dir.name]
 
 
-@pytest.mark.skipif(TMUX is None, reason="tmux is installed by .ci/run; install it to run this test")
-def test_home_fits_an_80x24_terminal(sample_runs):
+def test_home_fits_an_80x24_terminal(tmux, sample_runs):
     env = {**os.environ, "TERM": "xterm-256color", "TEXTUAL_COLOR_SYSTEM": "256"}
-    terminal = Terminal(f"{sys.executable} -m synaptic_tui --runs-dir {sample_runs} --no-mouse", env, size=(80, 24))
+    terminal = Terminal(tmux, f"{sys.executable} -m synaptic_tui --runs-dir {sample_runs} --no-mouse", env, size=(80, 24))
     try:
         # The footer is painted last; capture-pane can catch a frame half drawn.
         screen = terminal.wait_for("q Quit", timeout=30)

@@ -399,3 +399,43 @@ def test_a_template_of_another_family_adds_its_tokens_and_trains_their_rows(demo
     output = weights["lm_head.weight"]
     # The new end-of-turn token starts as the old one (<|im_end|>) on the output side.
     assert torch.equal(output[added[-1]], output[trained.convert_tokens_to_ids("<|im_end|>")])
+
+
+def test_train_wait_exits_3_when_the_run_is_cancelled(demo_model, runs_dir):
+    waiting = spawn("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait",
+                    "--set", "training.max_steps=400", "--set", "training.save_steps=1000",
+                    "--set", "dataset.test_size=0", runs_dir=runs_dir)
+    try:
+        run_dir = wait_for(lambda: list_runs(runs_dir) and list_runs(runs_dir)[0].path)
+        wait_for(lambda: (s := read_status(run_dir)) and s.state == "running" and s.step >= 2)
+        assert cli("runs", "cancel", run_dir.name, runs_dir=runs_dir).returncode == 0
+        _, stderr = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 3, stderr
+    status = read_status(run_dir)
+    assert status.state == "cancelled" and status.last_checkpoint == f"checkpoint-{status.step}"
+    assert re.search(rf"^cancelled step {status.step}/400  loss \d+\.\d{{4}}$", stderr, re.M), stderr
+
+
+def test_ctrl_c_stops_following_and_leaves_the_run_going(demo_model, runs_dir):
+    waiting = spawn("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait",
+                    "--set", "training.max_steps=400", "--set", "training.save_steps=1000",
+                    "--set", "dataset.test_size=0", runs_dir=runs_dir)
+    run_dir = None
+    try:
+        run_dir = wait_for(lambda: list_runs(runs_dir) and list_runs(runs_dir)[0].path)
+        at_interrupt = wait_for(lambda: (s := read_status(run_dir)) and s.state == "running" and s.step >= 1 and s)
+        waiting.send_signal(signal.SIGINT)  # ctrl+c reaches the foreground command, not the detached trainer
+        _, stderr = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, stderr
+        assert f"stopped following; the run goes on: synaptic-tui runs show {run_dir.name}" in stderr
+        # Still training after the follower left: the step count goes on from where it was.
+        going = wait_for(lambda: (s := read_status(run_dir)) and s.step > at_interrupt.step + 2 and s)
+        assert going.state == "running" and going.pid == at_interrupt.pid
+        os.kill(going.pid, 0)
+    finally:
+        waiting.kill()
+        if run_dir is not None:
+            cli("runs", "cancel", run_dir.name, runs_dir=runs_dir)
+    assert wait_for(lambda: (s := read_status(run_dir)) and s.finished and s).state == "cancelled"

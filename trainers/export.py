@@ -37,8 +37,8 @@ TRAINER_STATE = {"optimizer.pt", "optimizer.safetensors", "scheduler.pt", "train
                  "scaler.pt"}
 
 
-class Stopped(Exception):
-    pass
+class Stopped(BaseException):
+    """SIGTERM/SIGINT: a BaseException, so no library's `except Exception` on the way can swallow the stop."""
 
 
 def emit(event: str, **fields: Any) -> None:

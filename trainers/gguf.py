@@ -196,8 +196,9 @@ def quantize(source: Path, target: Path, quant: str) -> str:
     return "llama-cpp-python"
 
 
-def llama_cpp_probe(path: Path) -> str | None:
-    """A few tokens from the GGUF through llama-cpp-python, where it is installed; None where it is not."""
+def llama_cpp_probe(path: Path) -> dict[str, Any] | None:
+    """Up to four greedy tokens from the GGUF through llama-cpp-python and their text, where it is installed;
+    None where it is not. The ids are kept so the text can be checked against the original tokenizer's decoding."""
     import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:
@@ -205,8 +206,12 @@ def llama_cpp_probe(path: Path) -> str | None:
     from llama_cpp import Llama
 
     model = Llama(model_path=str(path), n_ctx=256, verbose=False)
-    text = model("Hello", max_tokens=4, temperature=0)["choices"][0]["text"]
-    return text
+    tokens: list[int] = []
+    for token in model.generate(model.tokenize(b"Hello"), temp=0.0):
+        if token == model.token_eos() or len(tokens) == 4:
+            break
+        tokens.append(int(token))
+    return {"tokens": tokens, "text": model.detokenize(tokens).decode("utf-8", errors="replace")}
 
 
 def stop_tokens(tokenizer) -> list[str]:
@@ -269,7 +274,8 @@ def build_gguf(fmt: str, merged_dir: Path, out: Path, name: str, say: Callable[.
     tools = template_supports_tools(tokenizer) if template == tokenizer.chat_template else False
     sample = llama_cpp_probe(target)
     info.update({"chat_template": template is not None, "tools_in_template": tools,
-                 "llama_cpp_sample": sample, "loaded_by_llama_cpp": sample is not None})
+                 "llama_cpp_sample": sample["text"] if sample else None,
+                 "llama_cpp_tokens": sample["tokens"] if sample else None, "loaded_by_llama_cpp": sample is not None})
     record["verify"] = info
     ollama_name = name.lower()
     from trainers.chat_templates import builtin_for, ollama_template

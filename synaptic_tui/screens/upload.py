@@ -252,6 +252,9 @@ class UploadScreen(Screen):
                 elif event.get("event") == "done":
                     record = event.get("record") or {}
                     self.post_message(self.Progress(f"{event.get('format')}: verified, {event.get('path')}", 1))
+                    if record.get("pre_tokenizer_fallback"):
+                        self.post_message(self.Progress(f"  pre-tokenizer: not known to llama.cpp, "
+                                                        f"{record['pre_tokenizer_fallback']!r} used"))
                     if record.get("ollama_create"):
                         self.post_message(self.Progress(f"  ollama: {record['ollama_create']}"))
 
