@@ -84,6 +84,29 @@ MUTATIONS: list[Mutation] = [
         "        if staging is not None:\n            shutil.rmtree(staging, ignore_errors=True)",
         "        if staging is not None:\n            pass",
         ("tests/test_export.py::test_a_stopped_export_leaves_nothing_half_written",)),
+    Mutation(
+        "mask: the template's markers are ignored (every token trained)", "trainers/chat_templates.py",
+        '        mask = list(encoded["assistant_masks"])\n', '        mask = [1] * len(encoded["input_ids"])\n',
+        ("tests/test_chat_templates.py::test_every_builtin_renders_the_whole_tool_conversation_and_trains_only_the_assistant",
+         "tests/test_mlx.py::test_mlx_loss_mask_covers_only_the_assistant_turns")),
+    Mutation(
+        "mask: a derived turn starts at the conversation's start", "trainers/chat_templates.py",
+        "        spans.append((len(before), end))", "        spans.append((0, end))",
+        ("tests/test_chat_templates.py::test_the_mask_is_derived_from_a_template_without_markers",)),
+    Mutation(
+        "template: auto keeps a template that drops tool calls", "trainers/chat_templates.py",
+        "    if own and (complete or not needs_tools):", "    if own:",
+        ("tests/test_chat_templates.py::test_auto_picks_a_tool_capable_template_for_a_model_whose_own_drops_tool_calls",)),
+    Mutation(
+        "probe: a row that lost its tool calls passes", "trainers/chat_templates.py",
+        "    return calls + results + definitions", "    return []",
+        ("tests/test_chat_templates.py::test_rows_that_would_lose_their_tool_calls_are_named_by_line",
+         "tests/test_chat_templates.py::test_kto_completions_that_render_alike_are_caught")),
+    Mutation(
+        "health: a vanished gradient never ends the run", "trainers/common.py",
+        "            if len(self.zero_grad_steps) >= self.patience:", "            if False:",
+        ("tests/test_training.py::test_health_rules",
+         "tests/test_training.py::test_a_run_that_stops_learning_ends_failed_with_the_reason")),
 ]
 
 

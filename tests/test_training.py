@@ -314,12 +314,12 @@ def test_two_process_run_through_accelerate(demo_model, runs_dir):
     assert out.returncode == 0, out.stderr
     run_dir = only_run(runs_dir)
     log = (run_dir / "train.log").read_text()
-    assert "[rank1]" in log or log.count("[synaptic] 100 SFT rows") == 2, "two processes ran"
+    assert "[rank1]" in log or log.count("[synaptic] 200 SFT rows") == 2, "two processes ran"
     assert json.loads((run_dir / "launch.json").read_text())["command"][2:4] == ["accelerate.commands.launch", "--multi_gpu"]
     rows = [r for r in metrics(run_dir) if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3, 4], "rank 0 alone writes metrics"
     # DDP: each step sees both processes' batches, so an epoch is half as many steps.
-    assert rows[0]["epoch"] == pytest.approx(2 * 2 / 100)
+    assert rows[0]["epoch"] == pytest.approx(2 * 2 / 200)
 
 
 def test_a_run_that_stops_learning_ends_failed_with_the_reason(demo_model, runs_dir):
