@@ -380,7 +380,7 @@ async def test_c_on_the_runs_screen_cancels_a_running_run(runs_dir, demo_model):
         if not read_status(run_dir).finished:
             subprocess.run([sys.executable, "-m", "synaptic_tui", "runs", "cancel", run_dir.name, "--runs-dir",
                             str(runs_dir)], cwd=REPO, capture_output=True)
-    assert notes == [f"{run_dir.name}: stop requested; it saves a checkpoint, then ends cancelled."]
+    assert notes == [f"{run_dir.name}: stop requested; the trainer finishes its step, saves a checkpoint and ends cancelled"]
     status = read_status(run_dir)
     # Stopped early, at a step of its own choosing, with that step saved: the trainer's cancel, not a kill.
     assert (status.state, status.exit_code) == ("cancelled", 0) and 1 <= status.step < 400

@@ -114,8 +114,8 @@ def test_demo_model_command_builds_a_model(tmp_path):
 def test_doctor_json_reports_this_machine(tmp_path):
     out = cli("doctor", "--json", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     checks = json.loads(out.stdout)
-    assert [c["name"] for c in checks] == ["Python", "Extras", "CUDA", "MLX", "Unsloth", "Disk", "Memory", "Ollama",
-                                           "LM Studio", "HF token"]
+    assert [c["name"] for c in checks] == ["Python", "Extras", "CUDA", "MLX", "Unsloth", "Serving", "Disk", "Memory",
+                                           "Ollama", "LM Studio", "HF token"]
     # Only a check that fails (this Python is new enough, so none here) makes doctor exit 1.
     assert [c["name"] for c in checks if c["status"] == "fail"] == []
     assert out.returncode == 0, out.stderr

@@ -22,6 +22,7 @@ from conftest import REPO
 from synaptic_tui import doctor
 from synaptic_tui.doctor import Check, check_cuda, check_mlx, check_unsloth, checks_to_json, format_report, run_checks
 from synaptic_tui.hf_token import find_hf_token, read_dotenv_token, redact
+from synaptic_tui.servers import engines
 
 ORDER = ["Python", "Extras", "CUDA", "MLX", "Unsloth", "Serving", "Disk", "Memory", "Ollama", "LM Studio",
          "HF token"]
@@ -185,6 +186,7 @@ async def test_this_machine(tmp_path, down, no_login_cache):
                 "CUDA": "info" if shutil.which("nvidia-smi") is None else "ok",
                 "MLX": "info" if importlib.util.find_spec("mlx") is None else "ok",
                 "Unsloth": "info" if importlib.util.find_spec("unsloth") is None else "ok",
+                "Serving": "ok" if any(e.missing() is None for e in engines().values()) else "warn",
                 "Disk": "ok" if shutil.disk_usage(tmp_path).free >= doctor.LOW_DISK_GB * 2**30 else "warn",
                 "Memory": "ok", "Ollama": "info", "LM Studio": "info", "HF token": "info"}
     assert {c.name: c.status for c in checks} == expected, [(c.name, c.summary) for c in checks]

@@ -46,7 +46,7 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
 def test_the_shipped_prompt_set_loads_and_offers_what_each_case_expects():
     prompt_set = load_prompt_set(SHIPPED)
     assert len(prompt_set.cases) == 24 and prompt_set.warnings == []
-    assert {"read", "search", "create", "browse", "multi-tool", "no-tool"} == set(prompt_set.tags)
+    assert {"read", "search", "create", "browse", "multi-step", "no-tool"} == set(prompt_set.tags)
     for case in prompt_set.cases:
         assert set(case.expected_tools) <= set(case.tool_schemas()), case.id
         assert (case.expected_tools == []) == ("no-tool" in case.tags), case.id

@@ -25,7 +25,7 @@ from evaluator.clients import BackendError, OllamaClient
 from evaluator.prompts import load_prompt_set
 from evaluator.runner import create_eval, load_eval, new_settings, read_results, run_eval
 
-PROMPTS = EXAMPLES / "prompts" / "tool_calling.json"
+PROMPTS = Path(__file__).parent / "fixtures" / "notes_cases.json"
 # ollama/ollama docs/api.md, "Generate a chat completion": the last response of a chat.
 OLLAMA_FINAL_FIELDS = {"model", "created_at", "message", "done", "done_reason", "total_duration", "load_duration",
                        "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"}

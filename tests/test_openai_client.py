@@ -75,7 +75,7 @@ async def test_concurrent_streams_use_a_connection_each_and_keep_them():
 
 
 @pytest.mark.parametrize("fault, kind, text", [
-    ("no_done", "truncated", "stream ended without [DONE] (3 chunks received)"),
+    ("no_done", "truncated", "stream ended without [DONE] or a finish_reason (3 chunks received)"),
     ("die", "truncated", "closed the connection mid-response"),
     ("malformed", "malformed", "stream event is not JSON: '{not json'"),
     ("error_event", "server", "model crashed"),
