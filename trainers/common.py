@@ -321,6 +321,8 @@ def make_callback(writer: RunWriter, stop: StopRequest):
                 warning = self.health.check(state.global_step, logs)
             except UnhealthyTraining:
                 writer.log_metrics(record)  # the record that shows the divergence stays in the history
+                # on_step_end writes the step at most once a second: the failed run names the step it ended at.
+                writer.update(step=state.global_step, max_steps=state.max_steps)
                 raise
             if warning:
                 record["health_warning"] = warning

@@ -292,6 +292,7 @@ def train(writer: RunWriter, stop: StopRequest, args) -> str:
                 warning = health.check(step, {"loss": loss.item() if hasattr(loss, "item") else loss})
             except Exception:
                 self.record(fields)
+                writer.update(step=step)
                 raise
             if warning:
                 fields["health_warning"] = warning
