@@ -15,8 +15,8 @@ not in the training data (checked and printed). Prints the pass rate of each
 model, per tag, and the gain over the better base. Goal: a gain of at least
 40 points with no tag falling.
 
-    python benchmarks/finetune_quality.py [--steps 32] [--max-tokens 160] [--model PATH] [--engine auto]
-                                          [--trained RUN_DIR] [--keep]
+    python benchmarks/finetune_quality.py [--steps 32] [--set KEY=VALUE ...] [--max-tokens 160] [--model PATH]
+                                          [--engine auto] [--trained RUN_DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=32, help="optimizer steps of SFT (default 32)")
     parser.add_argument("--max-tokens", type=int, default=160, help="most tokens per answer (default 160)")
     parser.add_argument("--model", type=Path, help="SmolLM2-135M-Instruct directory (default: build it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training setting over the SFT config's, as `train --set` takes it")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--engine", default="auto", help="serving engine for every eval (default: serve's choice)")
     parser.add_argument("--trained", type=Path, metavar="RUN_DIR",
@@ -111,11 +113,13 @@ def main() -> int:
             status = json.loads((run_dir / "status.json").read_text())
             print(f"training: reusing {run_dir.name} ({status['state']}, step {status['step']})")
         else:
-            print(f"training: SFT {args.steps} steps with {CONFIG.name}'s settings on {DATA.name}", flush=True)
+            print(f"training: SFT {args.steps} steps with {CONFIG.name}'s settings"
+                  + (f" and {', '.join(args.set)}" if args.set else "") + f" on {DATA.name}", flush=True)
             started = time.monotonic()
             out = cli("train", "--config", str(CONFIG), "--model", str(model), "--yes", "--wait", "--json",
                       "--set", f"training.max_steps={args.steps}", "--set", f"training.save_steps={args.steps // 4}",
-                      "--set", f"training.eval_steps={args.steps // 4}", env=env)
+                      "--set", f"training.eval_steps={args.steps // 4}",
+                      *[arg for setting in args.set for arg in ("--set", setting)], env=env)
             run_dir = Path(json.loads(out.stdout)["run_dir"])
             status = json.loads((run_dir / "status.json").read_text())
             print(f"  {status['state']} in {time.monotonic() - started:.0f} s", flush=True)

@@ -127,13 +127,25 @@ def scenario(rng: random.Random, held_out: bool = False, kind: str | None = None
         return (q, [("search_notes", {"query": topic, "limit": 1}), ("read_note", {"path": path})],
                 json.dumps([path]) + "\n" + f"# {topic.title()}\nFirst draft.",
                 f"The note {path} is a first draft on {topic}.")
-    q = ask(["Thanks, that's all.", "What can you do?", f"Is {topic} a good name for a folder?",
-             "Good morning!", f"How should I organise notes about {topic}?"],
-            ["Cheers, that's everything for now.", "What are you able to help with?",
-             f"Would {folder} be a sensible place for notes on {topic}?"])
-    return q, [], "", rng.choice(["Happy to help.", "I can search, read, create and organise your notes.",
-                                  "Sure, short folder names work well.", "Good morning! What shall we work on?",
-                                  "One folder per project, with a short index note, works well."])
+    # No tool needed: each question with the answer it asks for (the answer drawn apart from the question
+    # taught the model nothing it could use on a held-out question).
+    answers = {
+        "thanks": "Happy to help.",
+        "abilities": "I can search, read, create and organise your notes.",
+        "greeting": "Good morning! What shall we work on?",
+        "name": f"Sure, {topic} is a clear folder name; short folder names work well.",
+        "organise": f"One folder for {topic}, with a short index note, works well.",
+        "place": f"Yes, {folder} suits notes on {topic}; one note per idea keeps them easy to find.",
+    }
+    intent = ask(["thanks", "abilities", "name", "greeting", "organise"], ["thanks", "abilities", "place"])
+    q = {"thanks": rng.choice(["Thanks, that's all.", "Cheers, that's everything for now."] if held_out
+                              else ["Thanks, that's all.", "Great, thank you!"]),
+         "abilities": "What are you able to help with?" if held_out else "What can you do?",
+         "greeting": "Good morning!",
+         "name": f"Is {topic} a good name for a folder?",
+         "organise": f"How should I organise notes about {topic}?",
+         "place": f"Would {folder} be a sensible place for notes on {topic}?"}[intent]
+    return q, [], "", answers[intent]
 
 
 def steps(calls: list[tuple[str, dict]], result: str) -> list[tuple[list[tuple[str, dict]], list[str]]]:
