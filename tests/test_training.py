@@ -140,12 +140,14 @@ def test_run_survives_the_launching_process_being_killed(demo_model, runs_dir):
     assert status.state == "succeeded" and status.step == 8
 
 
-def test_the_best_checkpoint_survives_rotation(demo_model, runs_dir):
-    # At this learning rate the demo model's eval loss goes up after the first step, so the best
-    # checkpoint is the older one: save_total_limit=1 alone would delete it.
-    out = cli("train", "--config", SFT, "--model", str(demo_model), *FAST, "--wait", "--json",
+def test_the_best_checkpoint_survives_rotation(real_model, runs_dir):
+    # One warm-up step: the first step's learning rate is 0 (checkpoint-1 is the pretrained model) and the
+    # second's is 0.05, which wrecks it, so the best checkpoint is the older one: save_total_limit=1 alone
+    # would delete it. (The random demo model's eval loss sits at ln(vocab) whatever is done to it.)
+    out = cli("train", "--config", SFT, "--model", str(real_model), *FAST, "--wait", "--json",
               "--set", "training.max_steps=2", "--set", "training.save_steps=1", "--set", "training.eval_steps=1",
-              "--set", "training.save_total_limit=1", "--set", "training.learning_rate=1.0", runs_dir=runs_dir)
+              "--set", "training.save_total_limit=1", "--set", "training.learning_rate=0.05",
+              "--set", "training.warmup_steps=1", "--set", "dataset.test_size=0.02", runs_dir=runs_dir)
     assert out.returncode == 0, out.stderr
     run_dir = Path(json.loads(out.stdout)["run_dir"])
     evals = {r["step"]: r["eval_loss"] for r in metrics(run_dir) if "eval_loss" in r}
